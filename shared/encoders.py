@@ -16,9 +16,12 @@ kind is given as ``"<kind>:<path>"``, or guessed from the folder name (``e5`` in
 
 Speed: passages are tokenized once, sorted by token length, encoded in that order (so a batch pads
 to similar lengths and little compute goes to padding), and returned in the caller's order.
-``dtype="bfloat16"`` runs the forward pass under CPU/GPU bf16 autocast (AVX512-BF16 / AMX on recent
-Xeons: ~3x faster here, cosine to the fp32 vectors > 0.9999); ``"auto"`` picks it where the hardware
-has bf16 support and float32 elsewhere.
+A batch pads to its longest text, so batches are small (16 by default): one forward over 64
+random-length questions spends about half its compute on padding, four sorted forwards of 16 almost
+none (measured here: 258 vs 153 questions/s on one core; passages 90+ vs 70/s on two).
+``dtype="bfloat16"`` casts the weights to bf16 (AVX512-BF16 / AMX on recent Xeons: ~2.5x faster
+here, cosine to the fp32 vectors > 0.9999); ``"auto"`` picks it where the hardware has bf16 support
+and float32 elsewhere.
 """
 
 from __future__ import annotations
@@ -166,6 +169,10 @@ class Encoder:
         self.pooling: Pooling = read_pooling(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.model = AutoModel.from_pretrained(str(folder)).to(self.device).eval()
+        if self.dtype == "bfloat16":
+            # bf16 weights, not autocast: autocast re-casts every weight on every forward, which
+            # costs more than the matmul itself for a 20-token query. Pooling stays in fp32.
+            self.model = self.model.to(torch.bfloat16)
         self.max_length = max_length or min(read_max_length(folder), self._model_max_positions())
         self.dim = int(self.model.config.hidden_size)
         pad_id = self.tokenizer.pad_token_id
@@ -186,7 +193,7 @@ class Encoder:
         return int(value) if isinstance(value, int) and value > 0 else 512
 
     # -- public ------------------------------------------------------------------------------
-    def encode(self, texts: Sequence[str], kind: TextKind = "query", batch_size: int = 64,
+    def encode(self, texts: Sequence[str], kind: TextKind = "query", batch_size: int = 16,
                sort_by_length: bool = True, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Encode ``texts`` (prefixed for ``kind``) -> float32 ``(len(texts), dim)`` unit-norm rows.
 
@@ -226,8 +233,7 @@ class Encoder:
             attn[row, span] = 1
         input_ids = torch.from_numpy(ids).to(self.device)
         mask = torch.from_numpy(attn).to(self.device)
-        with self._lock, torch.inference_mode(), torch.autocast(
-                self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
+        with self._lock, torch.inference_mode():
             hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (b, t, h)
             pooled = self._pool(hidden.float(), mask)  # (b, h)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)

@@ -35,7 +35,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="'minilm', 'e5:<path>', '<kind>:<path>' or a sentence-transformers folder")
     parser.add_argument("--no-bm25", action="store_true", help="skip the BM25 index (no bm25/hybrid modes)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N passages")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=RunOptions.batch_size)
     parser.add_argument("--no-sort", action="store_true", help="encode in corpus order (for comparison)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
     parser.add_argument("--hnsw-m", type=int, default=32)

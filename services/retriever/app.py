@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from services.retriever.batching import InvalidRequest, Limits, QueueFull, Searc
 from services.retriever.config import RetrieverSettings
 from services.retriever.engine import Retriever, SearchParams, set_threads
 from services.retriever.index import ensure_index, read_manifest
+from services.retriever.process import SearchProcess, SearchProcessDied
 from shared.schemas import RetrieveRequest, RetrieveResponse
 from shared.service import Overloaded, ServiceError, create_app
 
@@ -31,8 +33,9 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-def load_retriever(settings: RetrieverSettings) -> Retriever:
-    """Load the configured index (building it first if it is missing and that is allowed)."""
+def load_retriever(settings: RetrieverSettings) -> Retriever | SearchProcess:
+    """The configured index, built first if it is missing and that is allowed; in a child
+    process of its own unless ``search_process`` is off (see ``process.py``)."""
     index_dir = settings.resolved_index_dir()
     if read_manifest(index_dir) is None:
         if not settings.build_if_missing:
@@ -40,10 +43,18 @@ def load_retriever(settings: RetrieverSettings) -> Retriever:
         log.info("no index at %s: building one from %s", index_dir, settings.resolved_corpus())
         ensure_index(settings.resolved_corpus(), index_dir, encoder=settings.encoder or "minilm",
                      index_type=settings.index_type)
-    set_threads(settings.threads)
+    if settings.search_process:
+        return SearchProcess(functools.partial(open_retriever, settings))
+    return open_retriever(settings)
+
+
+def open_retriever(settings: RetrieverSettings) -> Retriever:
+    # In a search process of its own, the index may use every core: HTTP needs little and no GIL.
+    set_threads(settings.threads, reserve=0 if settings.search_process else 1)
     params = SearchParams(hnsw_ef_search=settings.hnsw_ef_search, ivf_nprobe=settings.ivf_nprobe,
                           dtype=settings.encoder_dtype)
-    return Retriever.load(index_dir, encoder=settings.encoder, params=params, load_bm25=settings.load_bm25)
+    return Retriever.load(settings.resolved_index_dir(), encoder=settings.encoder, params=params,
+                          load_bm25=settings.load_bm25)
 
 
 async def _load(app: FastAPI, settings: RetrieverSettings) -> None:
@@ -81,7 +92,7 @@ def create_retriever_app(settings: RetrieverSettings | None = None) -> FastAPI:
         searcher: Searcher | None = getattr(app.state, "searcher", None)
         if searcher is not None:
             await searcher.stop()
-        retriever: Retriever | None = getattr(app.state, "retriever", None)
+        retriever: Retriever | SearchProcess | None = getattr(app.state, "retriever", None)
         if retriever is not None:
             retriever.close()
 
@@ -91,15 +102,15 @@ def create_retriever_app(settings: RetrieverSettings | None = None) -> FastAPI:
 
 
 def _info(app: FastAPI) -> dict[str, Any]:
-    retriever: Retriever | None = getattr(app.state, "retriever", None)
+    retriever: Retriever | SearchProcess | None = getattr(app.state, "retriever", None)
     searcher: Searcher | None = getattr(app.state, "searcher", None)
     if retriever is None or searcher is None:
         return {"ready": False, "load_error": getattr(app.state, "load_error", None)}
     return {"ready": True, **retriever.info(), "serving": searcher.stats(), "limits": vars(app.state.limits)}
 
 
-def get_retriever(request: Request) -> Retriever:
-    retriever: Retriever | None = getattr(request.app.state, "retriever", None)
+def get_retriever(request: Request) -> Retriever | SearchProcess:
+    retriever: Retriever | SearchProcess | None = getattr(request.app.state, "retriever", None)
     if retriever is None:
         raise ServiceError(503, "not_ready", "the index is still loading", {"Retry-After": "2"})
     return retriever
@@ -112,7 +123,7 @@ def get_searcher(request: Request) -> Searcher:
     return searcher
 
 
-RetrieverDep = Annotated[Retriever, Depends(get_retriever)]
+RetrieverDep = Annotated[Retriever | SearchProcess, Depends(get_retriever)]
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 
 
@@ -135,5 +146,7 @@ async def retrieve(request: Request, retriever: RetrieverDep, searcher: Searcher
         raise ServiceError(422, "invalid_request", str(exc)) from exc
     except QueueFull as exc:
         raise Overloaded(str(exc)) from exc
+    except SearchProcessDied as exc:
+        raise ServiceError(503, "search_restarting", str(exc), {"Retry-After": "5"}) from exc
     # Serialized once by pydantic-core (the response model is already validated by construction).
     return Response(RetrieveResponse(result=result).model_dump_json(), media_type="application/json")

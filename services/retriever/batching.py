@@ -203,8 +203,10 @@ class Searcher:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break
-                    await asyncio.sleep(min(remaining, 0.0005))
-                    continue
+                    try:  # sleep until a request arrives or the wait is over (no polling)
+                        item = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
                 if n + len(item.queries) > self.max_batch:
                     carry = item  # opens the next batch
                     break

@@ -31,7 +31,8 @@ class RetrieverSettings(ServiceSettings):
     encoder: str | None = None  # None -> the encoder the index was built with (name or folder)
     encoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 where the CPU has it
     load_bm25: bool = True  # load the BM25 part (needed for mode=bm25|hybrid)
-    threads: int = Field(default=0, ge=0)  # torch + FAISS threads; 0 -> all cores but one (event loop)
+    threads: int = Field(default=0, ge=0)  # torch + FAISS threads; 0 -> all cores (all but one in-process)
+    search_process: bool = True  # encode + search in a child process: no GIL shared with HTTP (process.py)
     hnsw_ef_search: int = Field(default=128, gt=0)
     ivf_nprobe: int = Field(default=32, gt=0)
     # -- requests

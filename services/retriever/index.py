@@ -128,7 +128,7 @@ class RunOptions:
     """How to run a build; not part of the reuse key (does not change the result)."""
 
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # encoder compute dtype
-    batch_size: int = 64  # passages per encoder forward
+    batch_size: int = 16  # passages per encoder forward (small sorted batches: little padding)
     chunk_size: int = 16_384  # passages read, sorted and encoded together
     sort_by_length: bool = True  # length-sorted batches: little compute goes to padding
     progress: bool = True  # tqdm progress bar
@@ -146,7 +146,7 @@ class BuildStats:
     encode_passages_per_s: float = 0.0
     sort_by_length: bool = True
     dtype: str = "float32"
-    batch_size: int = 64
+    batch_size: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
 
 

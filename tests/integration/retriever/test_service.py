@@ -12,6 +12,7 @@ import pytest
 from shared.client import RetrieverClient
 from shared.config import data_dir
 from shared.schemas import RetrieveResponse
+from shared.testing import start_service
 
 
 def _questions(n: int) -> list[dict]:
@@ -158,9 +159,37 @@ def _metric(url: str, name: str) -> float:
 
 
 def test_a_missing_index_stops_the_service_with_the_reason(tmp_path, logs_dir) -> None:
-    from shared.testing import start_service
-
     env = {"RETRIEVER_INDEX_DIR": str(tmp_path / "no-index"), "RETRIEVER_BUILD_IF_MISSING": "false"}
     with pytest.raises(RuntimeError, match="exited") as failure:
         start_service("retriever", env, log_dir=logs_dir, timeout_s=120)
     assert "no index at" in str(failure.value)
+
+
+def test_a_killed_search_process_is_a_503_then_replaced(small_index, logs_dir) -> None:
+    """The index runs in a child process (no GIL shared with HTTP); if it dies, the request that
+    was running gets a 503 with Retry-After, a new child is started, and service resumes."""
+    import os
+    import signal
+    import time
+
+    proc = start_service("retriever", {"RETRIEVER_INDEX_DIR": str(small_index), "RETRIEVER_BUILD_IF_MISSING": "false"},
+                         log_dir=logs_dir / "retriever-kill")
+    try:
+        body = {"queries": ["Moscow State University founded"], "topk": 2}
+        assert httpx.post(proc.url + "/retrieve", json=body, timeout=60).status_code == 200
+        child = httpx.get(proc.url + "/info", timeout=10).json()["details"]["search_process"]["pid"]
+        assert child != proc.popen.pid
+        os.kill(child, signal.SIGKILL)
+        time.sleep(0.5)
+        body["queries"] = ["Florida Senate members"]  # not cached
+        failed = httpx.post(proc.url + "/retrieve", json=body, timeout=60)
+        assert failed.status_code == 503, failed.text
+        assert failed.json()["error"]["code"] == "search_restarting" and failed.headers["Retry-After"]
+        deadline = time.monotonic() + 120
+        while (again := httpx.post(proc.url + "/retrieve", json=body, timeout=60)).status_code != 200:
+            assert again.status_code == 503 and time.monotonic() < deadline, again.text
+            time.sleep(1)
+        assert "Florida Senate" in again.json()["result"][0][0]["document"]["contents"]
+        assert httpx.get(proc.url + "/info", timeout=10).json()["details"]["search_process"]["pid"] not in (child, proc.popen.pid)
+    finally:
+        proc.stop()
