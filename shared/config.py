@@ -62,6 +62,7 @@ class LLMSettings(BaseModel):
     timeout_s: float = 120.0  # per HTTP request
     max_retries: int = 3  # capped retries on connection errors / 5xx / 429
     max_batch_size: int = 16  # local backend: prompts per forward pass
+    min_shared_prefix: int = 16  # local backend: a head this long shared by a batch's prompts is prefilled once
     max_concurrency: int = 16  # openai backend: requests in flight at once
     dtype: Literal["float32", "bfloat16"] = "float32"  # local backend compute dtype
 

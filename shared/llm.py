@@ -140,13 +140,26 @@ class LocalBackend(_Tokenization):
 
         device = self.model.device
         n = len(prompts)
-        width = max(len(p) for p in prompts)
         pad = int(self.tokenizer.pad_token_id)
+        # Prompts of one batch usually share a long head (chat template + instructions, or the same
+        # question n times in a GRPO group): it is prefilled once and its KV cache shared by every row.
+        shared = self._shared_prefix(prompts)
+        past: Any = None
+        if shared:
+            with torch.inference_mode():
+                head = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=device)
+                past = self.model(input_ids=head, use_cache=True, logits_to_keep=1).past_key_values
+            past.batch_repeat_interleave(n)
+        tails = [p[shared:] for p in prompts]
+        width = max(len(t) for t in tails)
         input_ids = torch.full((n, width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((n, width), dtype=torch.long, device=device)
-        for row, p in enumerate(prompts):  # left padding: every prompt ends at column width-1
-            input_ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[row, width - len(p):] = 1
+        tail_mask = torch.zeros((n, width), dtype=torch.long, device=device)
+        for row, t in enumerate(tails):  # left padding: every prompt ends at column width-1
+            input_ids[row, width - len(t):] = torch.tensor(t, dtype=torch.long)
+            tail_mask[row, width - len(t):] = 1
+        # Padding sits between the shared head and each row's own tail; positions skip it.
+        mask = torch.cat([torch.ones((n, shared), dtype=torch.long, device=device), tail_mask], dim=-1)
+        positions = shared + (tail_mask.cumsum(-1) - 1).clamp(min=0)
         generator = torch.Generator(device="cpu")
         if sampling.seed is not None:
             generator.manual_seed(sampling.seed)
@@ -157,13 +170,12 @@ class LocalBackend(_Tokenization):
         stop_hit: list[str | None] = [None] * n
         longest_stop = max((len(s) for s in sampling.stop), default=0)
 
-        past: Any = None
         cur = input_ids
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
             for _ in range(sampling.max_new_tokens):
+                # logits_to_keep=1: the prefill needs the last position's logits only (not width x vocab).
                 out = self.model(input_ids=cur, attention_mask=mask, position_ids=positions,
-                                 past_key_values=past, use_cache=True)
+                                 past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = out.past_key_values
                 logits = out.logits[:, -1, :].float()  # (n, vocab)
                 logp = torch.log_softmax(logits, dim=-1)
@@ -192,6 +204,16 @@ class LocalBackend(_Tokenization):
                        finish_reason=finish[r] or "length", stop_string=stop_hit[r])
             for r in range(n)
         ]
+
+    def _shared_prefix(self, prompts: list[list[int]]) -> int:
+        """Length of the head all ``prompts`` share (each keeps >= 1 own token), or 0 when not worth it."""
+        if len(prompts) < 2:
+            return 0
+        first, limit = prompts[0], min(len(p) for p in prompts) - 1
+        length = 0
+        while length < limit and all(p[length] == first[length] for p in prompts):
+            length += 1
+        return length if length >= self.settings.min_shared_prefix else 0
 
     @staticmethod
     def _choose(logits: Any, sampling: SamplingParams, generator: Any) -> Any:

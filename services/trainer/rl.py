@@ -320,9 +320,9 @@ class RLTrainer:
             ref_lp = None
             if self.ref is not None:
                 with torch.no_grad(), autocast(cfg.dtype):
-                    ref_lp = token_logprobs(self.ref, m_ids, m_attn)[0]
+                    ref_lp = token_logprobs(self.ref, m_ids, m_attn, only=m_mask)[0]
             with autocast(cfg.dtype):
-                logp, entropy = token_logprobs(self.model, m_ids, m_attn, with_entropy=True)
+                logp, entropy = token_logprobs(self.model, m_ids, m_attn, with_entropy=True, only=m_mask)
             if cfg.algo.entropy_coef == 0 and entropy is not None:
                 entropy = entropy.detach()  # logged only
             loss, metrics = policy_loss(m_old, logp, m_adv, m_mask, cfg.algo, ref_logprobs=ref_lp, entropy=entropy,

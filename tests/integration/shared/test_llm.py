@@ -46,6 +46,30 @@ def test_batched_greedy_equals_one_at_a_time(local: LocalBackend) -> None:
     assert [g.token_ids for g in together] == [g.token_ids for g in alone]
 
 
+def test_shared_prompt_head_is_prefilled_once_with_the_same_result(local: LocalBackend) -> None:
+    """Agent prompts share the template's instructions (and a GRPO group its whole prompt): the
+    shared head is prefilled once; greedy tokens and log-probs are those of separate prefills."""
+    from shared.protocol import get_template
+
+    template = get_template("search_r1")
+    questions = ["Who wrote Hamlet?", "Which river flows through Cairo?", "Who wrote Hamlet?"]
+    prompts = [local.apply_chat_template(template.build_messages(q)) for q in questions]
+    assert local._shared_prefix(prompts) > 100
+    sampling = SamplingParams(max_new_tokens=12)
+    shared = local.generate(prompts, sampling)
+    saved = local.settings.min_shared_prefix
+    local.settings.min_shared_prefix = 10**9
+    try:
+        assert local._shared_prefix(prompts) == 0
+        separate = local.generate(prompts, sampling)
+    finally:
+        local.settings.min_shared_prefix = saved
+    assert [g.token_ids for g in shared] == [g.token_ids for g in separate]
+    assert shared[0].token_ids == shared[2].token_ids
+    for a, b in zip(shared, separate, strict=True):
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-3
+
+
 def test_stop_string_ends_generation(local: LocalBackend) -> None:
     prompt = local.encode("Write the tag <search> then a query then </search>. Here: <search> capital of France")
     [gen] = local.generate([prompt], SamplingParams(max_new_tokens=40, stop=["</search>", "\n"]))

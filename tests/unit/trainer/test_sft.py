@@ -79,3 +79,22 @@ def test_token_logprobs_entropy_is_differentiable() -> None:
     _, entropy = token_logprobs(model, ids, attn, with_entropy=True)
     assert entropy is not None and entropy.requires_grad
     assert bool((entropy > 0).all())
+
+
+def test_output_layer_on_trained_positions_only_gives_the_same_values_and_gradients() -> None:
+    """``only=mask`` projects just the trained positions onto the vocabulary: same log-probs and
+    entropies there (0 elsewhere), same gradients as the full projection."""
+    ids, attn, mask = pad_batch([SEQ_A, SEQ_B], [MASK_A, MASK_B], pad_id=0)
+    target = mask[:, 1:]
+    full_model, fast_model = _model(), _model()
+    full_lp, full_ent = token_logprobs(full_model, ids, attn, with_entropy=True)
+    fast_lp, fast_ent = token_logprobs(fast_model, ids, attn, with_entropy=True, only=target)
+    assert fast_ent is not None and full_ent is not None
+    assert torch.allclose(fast_lp, full_lp * target, atol=1e-6)
+    assert torch.allclose(fast_ent, full_ent * target, atol=1e-6)
+    assert bool((fast_lp[target == 0] == 0).all())
+    ((full_lp * target).sum() + (full_ent * target).sum()).backward()
+    (fast_lp.sum() + fast_ent.sum()).backward()
+    for a, b in zip(full_model.parameters(), fast_model.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
