@@ -52,6 +52,28 @@ def corpus_path() -> Path:
     return data_dir() / "corpus" / "wiki_passages.jsonl"
 
 
+Dtype = Literal["auto", "float32", "bfloat16"]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): autocast is then a win."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return False
+    return False
+
+
+def resolve_dtype(dtype: Dtype, device_type: str = "cpu") -> Literal["float32", "bfloat16"]:
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()) else "float32"
+
+
 class LLMSettings(BaseModel):
     """Which LLM a component talks to. The same shape for judge, simulator, data and workers."""
 
@@ -64,7 +86,9 @@ class LLMSettings(BaseModel):
     max_batch_size: int = 16  # local backend: prompts per forward pass
     min_shared_prefix: int = 16  # local backend: a head this long shared by a batch's prompts is prefilled once
     max_concurrency: int = 16  # openai backend: requests in flight at once
-    dtype: Literal["float32", "bfloat16"] = "float32"  # local backend compute dtype
+    # local backend weights: auto = bf16 where the CPU computes it natively (AVX512-BF16/AMX: batched
+    # decoding ~2x faster, same greedy answers in our checks), else float32. Exact log-prob checks use float32.
+    dtype: Dtype = "auto"
 
     @field_validator("base_url")
     @classmethod

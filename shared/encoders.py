@@ -36,14 +36,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from shared.config import hf_offline
+from shared.config import Dtype, hf_offline, resolve_dtype
 from shared.models import MINILM, resolve
 
 log = logging.getLogger(__name__)
 
 TextKind = Literal["query", "passage"]
 Pooling = Literal["mean", "cls", "max", "mean_sqrt_len", "lasttoken"]
-Dtype = Literal["auto", "float32", "bfloat16"]
 
 
 # --------------------------------------------------------------------------- kinds (registry)
@@ -131,25 +130,6 @@ def read_max_length(folder: Path, default: int = 512) -> int:
 
 
 # --------------------------------------------------------------------------- encoder
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): autocast is then a win."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        return False
-    return False
-
-
-def resolve_dtype(dtype: Dtype, device_type: str) -> Literal["float32", "bfloat16"]:
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()) else "float32"
 
 
 class Encoder:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.client import ServiceCallError, ServiceClient
-from shared.config import LLMSettings, hf_offline
+from shared.config import LLMSettings, hf_offline, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ class LocalBackend(_Tokenization):
         path = resolve(settings.model)
         self.model_name = settings.model
         self.path = path
-        dtype = torch.bfloat16 if settings.dtype == "bfloat16" else torch.float32
+        self.dtype = resolve_dtype(settings.dtype)
+        dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -171,33 +172,39 @@ class LocalBackend(_Tokenization):
         longest_stop = max((len(s) for s in sampling.stop), default=0)
 
         cur = input_ids
+        alive = list(range(n))  # batch row -> prompt index; finished rows leave the batch
         with torch.inference_mode():
             for _ in range(sampling.max_new_tokens):
                 # logits_to_keep=1: the prefill needs the last position's logits only (not width x vocab).
                 out = self.model(input_ids=cur, attention_mask=mask, position_ids=positions,
                                  past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = out.past_key_values
-                logits = out.logits[:, -1, :].float()  # (n, vocab)
+                logits = out.logits[:, -1, :].float()  # (rows, vocab)
                 logp = torch.log_softmax(logits, dim=-1)
-                next_tok = self._choose(logits, sampling, generator)  # (n,)
-                for row in range(n):
-                    if finish[row] is not None:
-                        next_tok[row] = pad
-                        continue
+                next_tok = self._choose(logits, sampling, generator)  # (rows,)
+                keep: list[int] = []
+                for row, i in enumerate(alive):
                     tok = int(next_tok[row])
-                    out_ids[row].append(tok)
-                    out_lp[row].append(float(logp[row, tok]))
+                    out_ids[i].append(tok)
+                    out_lp[i].append(float(logp[row, tok]))
                     if tok in self.eos_ids:
-                        finish[row] = "stop"
+                        finish[i] = "stop"
                     elif sampling.stop:
-                        tail = self.tokenizer.decode(out_ids[row][-(longest_stop + 2):])
+                        tail = self.tokenizer.decode(out_ids[i][-(longest_stop + 2):])
                         hit = next((s for s in sampling.stop if s in tail), None)
                         if hit is not None:
-                            finish[row], stop_hit[row] = "stop", hit
-                if all(f is not None for f in finish):
+                            finish[i], stop_hit[i] = "stop", hit
+                    if finish[i] is None:
+                        keep.append(row)
+                if not keep:
                     break
+                if len(keep) < len(alive):  # drop finished rows: the rest decode as a smaller batch
+                    rows = torch.tensor(keep, dtype=torch.long, device=device)
+                    past.batch_select_indices(rows)
+                    next_tok, mask, positions = next_tok[rows], mask[rows], positions[rows]
+                    alive = [alive[r] for r in keep]
                 cur = next_tok.unsqueeze(-1)
-                mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=-1)
+                mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=-1)
                 positions = positions[:, -1:] + 1
         return [
             Generation(token_ids=out_ids[r], logprobs=out_lp[r], text=self.decode(out_ids[r]),

@@ -100,6 +100,12 @@ class RLConfig(BaseModel):
     curriculum: CurriculumSpec = Field(default_factory=CurriculumSpec)
     max_refill_rounds: int = Field(default=2, ge=0)  # DAPO dynamic sampling: extra enqueue rounds per step
     max_staleness: int = Field(default=0, ge=0)  # accept results this many versions old
+    # The importance ratio's denominator. "trainer": the trainer's own log-probs of the sampled tokens
+    # before this step's update (verl's recomputed old_log_prob; with one optimizer step per batch it is
+    # the current forward, detached), immune to rollout/trainer numeric mismatch (bf16 workers, another
+    # engine). "rollout": the workers' recorded log-probs (needed for stale results). auto: trainer
+    # unless stale results are accepted.
+    old_logprobs: Literal["auto", "trainer", "rollout"] = "auto"
     step_timeout_s: float = Field(default=900.0, gt=0)  # a step's episodes must all arrive by then
     keep_versions: int = Field(default=2, ge=1)  # policy checkpoints kept on disk
     seed: int = 0
@@ -309,6 +315,7 @@ class RLTrainer:
         groups = [r.group_id or r.episode_id for r in usable]
         adv = outcome_advantages(rewards, mask, groups, cfg.algo)
         n_tokens = int(mask.sum())
+        use_trainer_old = cfg.old_logprobs == "trainer" or (cfg.old_logprobs == "auto" and cfg.max_staleness == 0)
         self.model.train()
         self.optim.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
@@ -325,13 +332,17 @@ class RLTrainer:
                 logp, entropy = token_logprobs(self.model, m_ids, m_attn, with_entropy=True, only=m_mask)
             if cfg.algo.entropy_coef == 0 and entropy is not None:
                 entropy = entropy.detach()  # logged only
+            gap = float(((logp.detach() - m_old).abs() * m_mask).sum()) / max(n_tokens, 1)
+            if use_trainer_old:
+                m_old = logp.detach()
             loss, metrics = policy_loss(m_old, logp, m_adv, m_mask, cfg.algo, ref_logprobs=ref_lp, entropy=entropy,
                                         batch_num_tokens=n_tokens, global_batch_size=len(usable))
+            metrics = {**metrics, "rollout_logprob_gap": gap}
             loss.backward()
             share = float(m_mask.sum()) / max(n_tokens, 1)
             for key, value in metrics.items():
                 # pg_loss / kl / entropy are already partial sums of the batch mean; ratios are per micro-batch
-                sums[key] += value if key in ("pg_loss", "kl", "entropy") else value * share
+                sums[key] += value if key in ("pg_loss", "kl", "entropy", "rollout_logprob_gap") else value * share
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
         self.optim.step()
         self.model.eval()

@@ -17,7 +17,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 
 @pytest.fixture(scope="module")
 def local() -> LocalBackend:
-    backend = get_backend(LLMSettings(backend="local", model="smollm2", max_batch_size=4))
+    backend = get_backend(LLMSettings(backend="local", model="smollm2", max_batch_size=4, dtype="float32"))
     assert isinstance(backend, LocalBackend)
     return backend
 

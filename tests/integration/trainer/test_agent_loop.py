@@ -37,7 +37,7 @@ def backend() -> Iterator[LocalBackend]:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a shared 2-core box, one thread per process avoids oversubscription
-    yield LocalBackend(LLMSettings(model="smollm2"))
+    yield LocalBackend(LLMSettings(model="smollm2", dtype="float32"))  # exact log-prob checks
     torch.set_num_threads(threads)
 
 

@@ -28,7 +28,7 @@ def policy_server(logs_dir: object) -> Iterator[Proc]:
 
 def test_remote_generate_matches_local_model(policy_server: Proc) -> None:
     remote = OpenAIBackend(LLMSettings(backend="openai", base_url=policy_server.url, model="smollm2"))
-    local = LocalBackend(LLMSettings(model="smollm2"))
+    local = LocalBackend(LLMSettings(model="smollm2", dtype="float32"))
     prompts = [local.apply_chat_template([{"role": "user", "content": q}])
                for q in ("What is the capital of France?", "Name a planet.", "Say hi.")]
     sampling = SamplingParams(max_new_tokens=12, stop=["</answer>"])
