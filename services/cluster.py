@@ -47,6 +47,7 @@ class ClusterSettings(BaseSettings):
     judge_backend: str = "local"  # LLM backend of the judge: local | openai
     simulator_mode: str = "corpus"  # corpus (grounded, cheap) | llm
     worker_batch: int = 8  # episodes a worker generates together
+    trainer_threads: int = 0  # torch threads of the trainer's training jobs (0: every core)
     api_key: SecretStr = SecretStr("searchlab-local")  # bearer token of the trainer's job API
     start_timeout_s: float = 300.0
     run_dir: Path | None = None  # default <cache>/cluster
@@ -120,6 +121,8 @@ def service_env(state: ClusterState, settings: ClusterSettings) -> dict[str, str
         "TRAINER_RETRIEVER_URL": state.urls.get("retriever", ""),
         "TRAINER_JUDGE_URL": state.urls.get("judge", ""),
         "TRAINER_SIMULATOR_URL": state.urls.get("simulator", ""),
+        # Training runs while the workers wait (SFT, the update half of an RL step): it gets every core.
+        "TRAINER_TORCH_THREADS": str(settings.trainer_threads or os.cpu_count() or 1),
         "WORKER_REDIS_URL": redis_url,
         "WORKER_RETRIEVER_URL": state.urls.get("retriever", ""),
         "WORKER_SIMULATOR_URL": state.urls.get("simulator", ""),

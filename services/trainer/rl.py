@@ -95,6 +95,7 @@ class RLConfig(BaseModel):
     algo: AlgoSpec = Field(default_factory=AlgoSpec)
     optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=5e-6))
     micro_batch_size: int = Field(default=4, ge=1)  # episodes per forward/backward
+    train_layers: int | None = Field(default=None, ge=1)  # train only the top N blocks (None: every weight)
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     episode: EpisodeSpec = Field(default_factory=EpisodeSpec)
     curriculum: CurriculumSpec = Field(default_factory=CurriculumSpec)
@@ -226,9 +227,10 @@ class RLTrainer:
         self.rollouts = rollouts
         torch.manual_seed(config.seed)
         self.rng = random.Random(config.seed)
-        self.model, self.tokenizer = load_policy(config.model)
+        self.model, self.tokenizer = load_policy(config.model, train_layers=config.train_layers)
         self.ref = load_policy(config.model, trainable=False)[0] if config.algo.kl_coef > 0 else None
-        self.optim = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optim = torch.optim.AdamW(trained, lr=config.optim.lr, betas=config.optim.betas,
                                        weight_decay=config.optim.weight_decay)
         self.curriculum = Curriculum(config.curriculum, config.steps)
         self.sampler = PromptSampler(load_prompts(config.prompts), config.seed)

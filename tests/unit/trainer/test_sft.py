@@ -98,3 +98,19 @@ def test_output_layer_on_trained_positions_only_gives_the_same_values_and_gradie
     for a, b in zip(full_model.parameters(), fast_model.parameters(), strict=True):
         assert a.grad is not None and b.grad is not None
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_train_layers_freezes_everything_below_the_top_blocks() -> None:
+    from services.trainer.sft import freeze_below
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=2)
+    model = LlamaForCausalLM(config)
+    freeze_below(model, 1)
+    ids, attn, mask = pad_batch([SEQ_A], [MASK_A], pad_id=0)
+    masked_nll(model, ids, attn, mask, sum(MASK_A[1:])).backward()
+    for name, p in model.named_parameters():
+        top = name.startswith("model.layers.2.") or name == "model.norm.weight"
+        assert p.requires_grad == top, name
+        assert (p.grad is not None and bool(p.grad.abs().sum() > 0)) == top, name
