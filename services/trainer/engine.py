@@ -280,6 +280,16 @@ class JobManager:
             self._futures[job_id] = self.pool.submit(self._run, job_id)
 
     def _run(self, job_id: str) -> None:
+        try:
+            self._run_job(job_id)
+        except Exception as exc:  # anything before or around the job itself: the job fails, visibly
+            log.exception("job %s failed", job_id)
+            self._set_state(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._cancels.pop(job_id, None)
+
+    def _run_job(self, job_id: str) -> None:
         data = self.redis.hgetall(self._key(job_id))
         with self._lock:
             cancel = self._cancels[job_id]
@@ -304,23 +314,17 @@ class JobManager:
                 self._set_state(job_id, "interrupted", error="the trainer shut down while the job was running")
             else:
                 self._set_state(job_id, "cancelled")
-        except Exception as exc:
-            log.exception("job %s failed", job_id)
-            self._set_state(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        else:
-            fields: dict[str, Any] = {"progress": 1.0}
-            if final:
-                current = json.loads(self.redis.hget(self._key(job_id), "metrics") or "{}")
-                current.update({k: float(v) for k, v in final.items() if isinstance(v, int | float)})
-                fields["metrics"] = json.dumps(current)
-            self._update(job_id, fields)
-            ended: JobState = "succeeded"
-            if cancel.is_set():
-                ended = "interrupted" if self._stopping.is_set() else "cancelled"
-            self._set_state(job_id, ended)
-        finally:
-            with self._lock:
-                self._cancels.pop(job_id, None)
+            return
+        fields: dict[str, Any] = {"progress": 1.0}
+        if final:
+            current = json.loads(self.redis.hget(self._key(job_id), "metrics") or "{}")
+            current.update({k: float(v) for k, v in final.items() if isinstance(v, int | float)})
+            fields["metrics"] = json.dumps(current)
+        self._update(job_id, fields)
+        ended: JobState = "succeeded"
+        if cancel.is_set():
+            ended = "interrupted" if self._stopping.is_set() else "cancelled"
+        self._set_state(job_id, ended)
 
     # -- Redis writes ----------------------------------------------------------------------------
     def _update(self, job_id: str, fields: dict[str, Any]) -> None:
