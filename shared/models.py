@@ -103,6 +103,14 @@ def resolve(name: str) -> Path:
     raise ModelNotFound(f"unknown model '{name}': use '{SMOLLM2}', '{MINILM}' or a path to a model folder")
 
 
+def check_model_name(name: str) -> str:
+    """``name`` when :func:`resolve` can load it (an embedded name or an existing folder), checked without
+    converting anything; else ``ValueError`` (for config validators: a bad name is refused at submission)."""
+    if name in (SMOLLM2, MINILM) or Path(name).expanduser().is_dir():
+        return name
+    raise ValueError(f"unknown model '{name}': use '{SMOLLM2}' or a path to a model folder")
+
+
 def prepare_all() -> dict[str, Path]:
     """Make every embedded model ready (used by the setup command)."""
     return {SMOLLM2: smollm2_dir(), MINILM: minilm_dir()}

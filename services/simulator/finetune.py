@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -191,8 +191,11 @@ def _tokenize(example: SimExample, tokenizer: Any, config: FinetuneConfig) -> tu
 
 
 def sft(records: Sequence[SimExample], base_model: str | Path, out_dir: str | Path,
-        config: FinetuneConfig | None = None) -> FinetuneReport:
-    """Supervised fine-tuning of ``base_model`` on ``records``; saves model + tokenizer to ``out_dir``."""
+        config: FinetuneConfig | None = None,
+        on_step: Callable[[int, int, float], None] | None = None) -> FinetuneReport:
+    """Supervised fine-tuning of ``base_model`` on ``records``; saves model + tokenizer to ``out_dir``.
+
+    ``on_step(step, total_steps, loss)`` is called after each optimizer step (progress; it may raise to stop)."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -253,6 +256,8 @@ def sft(records: Sequence[SimExample], base_model: str | Path, out_dir: str | Pa
                 trained += int((labels[:, 1:] != -100).sum())
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if on_step is not None:
+                    on_step(len(losses), total, losses[-1])
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

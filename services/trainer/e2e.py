@@ -14,6 +14,7 @@ Every stage is a job on the trainer's API (so it shows in ``GET /jobs`` with eve
 Sizes: the default finishes in about 30 minutes on 2 idle cores, ``--quick`` in about 10.
 
     searchlab train rl --config rl.json [--follow]     submit one job to the running cluster
+        (kinds: ramp, coldstart, sft, rl, distill, simulator_sft, eval; ``shared.schemas.JobKind``)
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from shared.client import TrainerClient
 from shared.config import cache_dir
+from shared.schemas import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +242,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from services import cluster
 
     parser = argparse.ArgumentParser(prog="searchlab train", description="submit a job to the trainer")
-    parser.add_argument("kind", choices=["ramp", "coldstart", "sft", "rl", "eval"])
+    parser.add_argument("kind", choices=list(get_args(JobKind)))
     parser.add_argument("--config", default="{}", help="the job config: inline JSON or a .json file")
     parser.add_argument("--follow", action="store_true", help="print the job's events until it ends")
     args = parser.parse_args(argv)

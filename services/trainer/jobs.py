@@ -14,14 +14,18 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from services.trainer.data.ramp import RampConfig
+from services.trainer.distill import DistillConfig
 from services.trainer.rl import RLConfig, run_rl_job
 from services.trainer.sft import SFTConfig, run_sft_job
 from services.trainer.tasks import (
     ColdStartJobConfig,
     EvalJobConfig,
+    SimulatorSFTJobConfig,
     run_coldstart_job,
+    run_distill_job,
     run_eval_job,
     run_ramp_job,
+    run_simulator_sft_job,
 )
 
 if TYPE_CHECKING:
@@ -41,5 +45,9 @@ JOB_KINDS: dict[str, JobKindSpec] = {
     "ramp": JobKindSpec(RampConfig, run_ramp_job, "MaskSearch RAMP samples from corpus passages"),
     "coldstart": JobKindSpec(ColdStartJobConfig, run_coldstart_job,
                              "scripted cold-start trajectories (RAMP + QA train part) with real retrieval"),
+    "distill": JobKindSpec(DistillConfig, run_distill_job,
+                           "a teacher's agent episodes on the workers; correct trajectories -> SFT records"),
+    "simulator_sft": JobKindSpec(SimulatorSFTJobConfig, run_simulator_sft_job,
+                                 "ZeroSearch simulator fine-tuning on judge-labelled real retrieval"),
     "eval": JobKindSpec(EvalJobConfig, run_eval_job, "direct / rag / agent / policy:<ckpt> side by side"),
 }

@@ -70,6 +70,17 @@ class PromptSource(BaseModel):
             raise ValueError("RL trains only on the 'train' part of the fixed split; eval numbers come from 'eval'")
         return v
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from shared.data import DATASETS, canonical_name
+
+        try:  # an unknown name is refused at submission, not when the job loads its prompts
+            canonical_name(v)
+        except ValueError:
+            raise ValueError(f"unknown dataset '{v}'; valid: {', '.join(DATASETS)} (a QA file goes in 'path')") from None
+        return v
+
 
 class EpisodeSpec(BaseModel):
     """How each rollout runs (copied into every EpisodeRequest)."""

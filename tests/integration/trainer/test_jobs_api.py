@@ -92,6 +92,11 @@ def test_job_routes_need_the_bearer_token(trainer: Proc) -> None:
     ({"kind": "rl", "config": {"prompts": {"part": "eval"}}}, "config.prompts.part"),
     ({"kind": "rl", "config": {"algo": {"name": "ppo2"}}}, "config.algo.name"),
     ({"kind": "rl", "config": {"group_size": 1}}, "config.group_size"),
+    ({"kind": "simulator_sft", "config": {"dataset": "nosuchqa"}}, "config.dataset"),
+    ({"kind": "simulator_sft", "config": {"limit": 0}}, "config.limit"),
+    ({"kind": "distill", "config": {"keep": "bleu"}}, "config.keep"),
+    ({"kind": "distill", "config": {"prompts": {"dataset": "nosuchqa"}}}, "config.prompts.dataset"),
+    ({"kind": "distill", "config": {"prompts": {"part": "eval"}}}, "config.prompts.part"),
     ({"kind": "bogus", "config": {}}, "kind"),
 ])
 def test_bad_config_is_a_422_naming_the_field(client: TrainerClient, body: dict[str, object], field: str) -> None:

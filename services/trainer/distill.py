@@ -1,0 +1,284 @@
+"""Trajectory distillation (MaskSearch's self-distillation step): a teacher model runs agent episodes on
+the rollout workers, and the trajectories whose answer is judged correct become SFT records.
+
+    job config: {"teacher": "<checkpoint folder>", "prompts": {"kind": "qa", "dataset": "hotpotqa"},
+                 "n": 100, "keep": "judge"}
+    then:       {"kind": "sft", "config": {"data": [<result.json "records">]}}
+
+1. **Prompts** (:func:`services.trainer.rl.load_prompts`, as RL reads them): questions of a QA set's
+   ``train`` part (never ``eval``) or RAMP samples; the first ``n``.
+2. **Episodes**: ``n x samples_per_prompt`` ``agent`` episodes on the episode queue, each with
+   ``model=<teacher>`` (the workers load the teacher next to their policy; the published policy is
+   left alone), sampled at ``temperature``, with the episode settings of RL
+   (:class:`services.trainer.rl.EpisodeSpec`: turns, token budgets, top-k, ``max_new_tokens``).
+3. **Filter** (:func:`keeps`): a trajectory is kept only when it ended with a closed answer block and
+   its answer scores at least ``min_score``: the LLM judge's score (the episode's answer reward with
+   metric ``llm``, scored by the workers' judge) or a rule metric of :mod:`shared.metrics` (the
+   episode's ``scores``).
+4. **Records** (:func:`trajectory_record`): the response tokens split where the loss mask changes
+   (1: the teacher's text -> ``policy`` segment, 0: the environment's -> ``observation``), each run
+   decoded with the teacher's tokenizer as the workers decode; the prompt is the messages the worker
+   rendered. Output: ``distill.jsonl`` (:mod:`services.trainer.data.records` format) and
+   ``episodes.jsonl`` (one line per episode: answer, scores, finish reason, kept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.trainer.data.records import Segment, SegmentRole, SFTRecord, validate_record, write_records
+from services.trainer.queue import EpisodeQueue
+from services.trainer.rl import EpisodeSpec, Prompt, PromptSource, load_prompts
+from shared.models import check_model_name
+from shared.protocol import get_template, last_action
+from shared.schemas import EpisodeRequest, EpisodeResult
+
+log = logging.getLogger(__name__)
+
+KeepRule = Literal["judge", "em", "cover_em", "f1", "recall"]  # judge: the LLM judge; else a shared.metrics name
+
+
+class DistillConfig(BaseModel):
+    """A ``distill`` job."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422, not a silent default
+
+    teacher: str = "smollm2"  # the model that writes the trajectories: embedded name or a checkpoint folder
+    prompts: PromptSource = Field(default_factory=PromptSource)  # QA train part or RAMP samples
+    n: int = Field(default=100, ge=1)  # prompts: the first n of the source
+    samples_per_prompt: int = Field(default=1, ge=1)  # trajectories per prompt
+    temperature: float = Field(default=0.7, ge=0.0)  # the teacher's sampling temperature (0: greedy)
+    episode: EpisodeSpec = Field(default_factory=EpisodeSpec)  # turns, token budgets, top-k, max_new_tokens
+    keep: KeepRule = "cover_em"  # the filter: judge score, or a rule metric of the answer
+    min_score: float | None = Field(default=None, ge=0.0, le=1.0)  # None: 0.5 for judge, 1.0 for a rule metric
+    timeout_s: float = Field(default=4 * 3600, gt=0)  # every episode's result must arrive by then
+
+    @field_validator("teacher")
+    @classmethod
+    def _known_teacher(cls, v: str) -> str:
+        return check_model_name(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_temperature(cls, data: Any) -> Any:
+        """``temperature`` is the one setting; ``episode.sampling.temperature`` may only repeat it."""
+        episode = data.get("episode") if isinstance(data, dict) else None
+        sampling = episode.get("sampling") if isinstance(episode, dict) else None
+        if isinstance(sampling, dict) and "temperature" in sampling:
+            wanted = data.get("temperature", cls.model_fields["temperature"].default)
+            if sampling["temperature"] != wanted:
+                raise ValueError("episode.sampling.temperature: set the teacher's temperature with "
+                                 "config.temperature")
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        # the stored config (and every request) shows the temperature the teacher samples at
+        sampling = self.episode.sampling.model_copy(update={"temperature": self.temperature})
+        self.episode = self.episode.model_copy(update={"sampling": sampling})
+        if self.prompts.kind == "ramp" and not self.prompts.path:
+            raise ValueError("prompts.path: a RAMP prompt source needs the samples file (a ramp job's output)")
+        if self.prompts.path and not Path(self.prompts.path).is_file():
+            raise ValueError(f"prompts.path: no such file: {self.prompts.path}")
+        return self
+
+    @property
+    def threshold(self) -> float:
+        if self.min_score is not None:
+            return self.min_score
+        return 0.5 if self.keep == "judge" else 1.0
+
+
+# --------------------------------------------------------------------------- episodes
+
+
+def build_requests(prompts: Sequence[Prompt], config: DistillConfig, job_id: str, teacher: str,
+                   ) -> list[EpisodeRequest]:
+    """``samples_per_prompt`` agent episodes per prompt, run by ``teacher`` (a model folder)."""
+    spec = config.episode
+    # the judge filter reads the episode's judge-scored answer reward; rule metrics are always in ``scores``
+    reward = spec.reward.model_copy(update={"metric": "llm"}) if config.keep == "judge" else spec.reward
+    out = []
+    for k, prompt in enumerate(prompts):
+        group = f"{job_id}:{k}"  # prompt ids of a user's JSONL need not be unique; the index is
+        for i in range(config.samples_per_prompt):
+            out.append(EpisodeRequest(
+                job_id=job_id, episode_id=f"{group}:{i}", group_id=group, method="agent", model=teacher,
+                template=prompt.template or spec.template, question=prompt.question, messages=prompt.messages,
+                ground_truth=prompt.ground_truth, topk=spec.topk, sampling=spec.sampling, max_turns=spec.max_turns,
+                max_total_tokens=spec.max_total_tokens, obs_max_tokens=spec.obs_max_tokens, reward=reward,
+                meta={"prompt_id": prompt.id, "prompt_index": k, "sample": i},
+            ))
+    return out
+
+
+def gather(queue: EpisodeQueue, job_id: str, n: int, timeout_s: float,
+           should_stop: Callable[[], bool] = lambda: False) -> Iterator[list[EpisodeResult]]:
+    """The job's results in batches as they arrive, until ``n`` came (``TimeoutError`` after ``timeout_s``)
+    or ``should_stop()``."""
+    done = 0
+    deadline = time.monotonic() + timeout_s
+    while done < n and not should_stop():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id}: {done}/{n} episode results after {timeout_s:.0f}s ({queue.stats()})")
+        batch = queue.results(job_id, block_ms=1000)
+        if batch:
+            done += len(batch)
+            yield batch
+
+
+# --------------------------------------------------------------------------- filter and records
+
+
+def judge_score(result: EpisodeResult) -> float | None:
+    """The judge's score of the answer: the answer part of a reward with metric ``llm`` (the worker marks
+    those with ``judge_failed``); None when the episode was not judged or the judge did not answer."""
+    if "judge_failed" not in result.reward_parts or result.reward_parts["judge_failed"]:
+        return None
+    return float(result.reward_parts.get("answer", 0.0))
+
+
+def ended_with_answer(result: EpisodeResult, template: str) -> bool:
+    """The trajectory's last action is a closed answer block (not a search, not an answer cut off)."""
+    if result.finish_reason == "error" or result.answer is None:
+        return False
+    action = last_action(result.text, template)
+    return action is not None and action.kind == "answer"
+
+
+def keeps(result: EpisodeResult, rule: KeepRule, min_score: float, template: str) -> bool:
+    """Whether a trajectory becomes an SFT record: it ended with an answer that scores >= ``min_score``."""
+    if not ended_with_answer(result, template):
+        return False
+    score = judge_score(result) if rule == "judge" else result.scores.get(rule)
+    return score is not None and score >= min_score
+
+
+def _runs(ids: Sequence[int], mask: Sequence[int]) -> Iterator[tuple[SegmentRole, list[int]]]:
+    """Maximal runs of equal loss mask: (policy | observation, token ids)."""
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or mask[i] != mask[start]:
+            yield ("policy" if mask[start] else "observation"), list(ids[start:i])
+            start = i
+
+
+def trajectory_record(prompt: Prompt, result: EpisodeResult, template: str, decode: Callable[[list[int]], str],
+                      source: str, teacher: str, sample: int = 0) -> SFTRecord | None:
+    """The SFT record of one episode (``None`` when it has no trainable shape, e.g. empty policy text)."""
+    segments: list[Segment] = []
+    for role, ids in _runs(result.response_ids, result.loss_mask):
+        text = decode(ids)
+        if not text:
+            continue  # e.g. only an end-of-turn token, which the record's tokenization adds itself
+        if segments and segments[-1].role == role:
+            segments[-1].text += text
+        else:
+            segments.append(Segment(role, text))
+    messages = prompt.messages or get_template(template).build_messages(prompt.question)
+    record = SFTRecord(
+        id=f"distill:{prompt.id}#{sample}",
+        messages=[dict(m) for m in messages], segments=segments, ground_truth=list(prompt.ground_truth),
+        source=source,
+        meta={"teacher": teacher, "prompt_id": prompt.id, "episode_id": result.episode_id, "answer": result.answer,
+              "scores": result.scores, "reward": result.reward, "turns": result.turns, "searches": result.searches,
+              "finish_reason": result.finish_reason})
+    try:
+        validate_record(record)
+    except ValueError:
+        return None
+    return record
+
+
+def _source_name(prompts: PromptSource) -> str:
+    if prompts.kind == "ramp":
+        return "ramp"
+    return Path(prompts.path).stem if prompts.path else prompts.dataset
+
+
+def _decoder(teacher: str) -> Callable[[list[int]], str]:
+    """Token ids -> text with the teacher's tokenizer, exactly as the workers' backends decode (shared.llm)."""
+    from transformers import AutoTokenizer
+
+    from shared.config import hf_offline
+    from shared.models import resolve
+
+    hf_offline()
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve(teacher)))
+    return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def distill(config: DistillConfig, queue: EpisodeQueue, job_id: str, out_dir: Path,
+            on_progress: Callable[[int, int, dict[str, float]], None] | None = None,
+            should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    """Run the teacher's episodes, keep the correct trajectories, write ``distill.jsonl``; returns the report."""
+    from shared.models import resolve
+
+    started = time.monotonic()
+    prompts = load_prompts(config.prompts)[:config.n]
+    if not prompts:
+        raise ValueError("no prompts to distill")
+    teacher = str(resolve(config.teacher))
+    decode = _decoder(config.teacher)
+    source = _source_name(config.prompts)
+    requests = build_requests(prompts, config, job_id, teacher)
+    by_id = {r.episode_id: (r, prompts[int(r.meta["prompt_index"])]) for r in requests}
+    if not queue.workers():
+        log.warning("distill %s: no live rollout worker; the episodes wait for one", job_id)
+    queue.enqueue(requests)
+    log.info("distill %s: %d episodes of %d prompts queued for teacher %s", job_id, len(requests), len(prompts),
+             config.teacher)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records: list[SFTRecord] = []
+    counts = {"episodes": 0, "answered": 0, "errors": 0, "judge_failed": 0, "unusable": 0}
+    with open(out_dir / "episodes.jsonl", "w", encoding="utf-8") as episodes:
+        for batch in gather(queue, job_id, len(requests), config.timeout_s, should_stop):
+            for result in batch:
+                request, prompt = by_id[result.episode_id]
+                counts["episodes"] += 1
+                counts["errors"] += result.finish_reason == "error"
+                counts["answered"] += ended_with_answer(result, request.template)
+                counts["judge_failed"] += bool(result.reward_parts.get("judge_failed"))
+                record = None
+                if keeps(result, config.keep, config.threshold, request.template):
+                    record = trajectory_record(prompt, result, request.template, decode, source, config.teacher,
+                                               sample=int(request.meta["sample"]))
+                    counts["unusable"] += record is None
+                if record is not None:
+                    records.append(record)
+                episodes.write(json.dumps({
+                    "episode_id": result.episode_id, "prompt_id": prompt.id, "answer": result.answer,
+                    "ground_truth": prompt.ground_truth, "scores": result.scores, "judge": judge_score(result),
+                    "finish_reason": result.finish_reason, "turns": result.turns, "kept": record is not None,
+                }, ensure_ascii=False) + "\n")
+            if on_progress is not None:
+                done = counts["episodes"]
+                on_progress(done, len(requests), {"episodes": float(done), "kept": float(len(records)),
+                                                  "keep_rate": len(records) / done})
+    if counts["judge_failed"]:
+        log.warning("distill %s: %d answers were not judged (does every worker have WORKER_JUDGE_URL?); "
+                    "they were not kept", job_id, counts["judge_failed"])
+    path = out_dir / "distill.jsonl"
+    write_records(path, records)
+    n = counts["episodes"]
+    report: dict[str, Any] = {
+        "records": str(path), "episodes": n, "kept": len(records),
+        "keep_rate": round(len(records) / n, 4) if n else 0.0, **{k: v for k, v in counts.items() if k != "episodes"},
+        "prompts": len(prompts), "teacher": config.teacher, "keep": config.keep, "min_score": config.threshold,
+        "seconds": round(time.monotonic() - started, 2),
+        "files": {"records": str(path), "episodes": str(out_dir / "episodes.jsonl")},
+    }
+    log.info("distill %s: kept %d of %d trajectories (%d answered) -> %s", job_id, len(records), n,
+             counts["answered"], path)
+    return report
