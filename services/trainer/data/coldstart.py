@@ -82,8 +82,10 @@ def contains(haystack: str, needle: str) -> bool:
     return bool(n) and f" {n} " in f" {normalize_answer(haystack)} "
 
 
-def snippet(text: str, needle: str, width: int = 70) -> str:
-    """A few words of ``text`` around ``needle`` (for a thought that quotes its evidence)."""
+def snippet(text: str, needle: str, width: int = 40) -> str:
+    """A few words of ``text`` around ``needle`` (for a thought that quotes its evidence).
+
+    Short on purpose: the policy learns to write this quote, and every token of it is decoded in RL and eval."""
     at = text.find(needle)
     if at < 0:
         at = text.lower().find(needle.lower())
