@@ -1,0 +1,67 @@
+"""The preallocated KV layer of the local backend behaves exactly like transformers' DynamicLayer."""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from shared.llm import preallocate
+
+
+def _states(batch: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, n, 8, generator=g), torch.randn(batch, 3, n, 8, generator=g)
+
+
+def _pair(batch: int, n: int, extra: int) -> tuple[DynamicCache, DynamicCache]:
+    plain, grown = DynamicCache(), DynamicCache()
+    for cache in (plain, grown):
+        cache.layers = [DynamicLayer()]
+        cache.layers[0].update(*_states(batch, n, seed=0))
+    preallocate(grown, extra)
+    assert type(grown.layers[0]) is not DynamicLayer and type(plain.layers[0]) is DynamicLayer
+    return plain, grown
+
+
+def _same(plain: DynamicCache, grown: DynamicCache) -> None:
+    a, b = plain.layers[0], grown.layers[0]
+    assert a.get_seq_length() == b.get_seq_length()
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_updates_past_the_reserved_room_match_the_growing_cache() -> None:
+    plain, grown = _pair(batch=2, n=5, extra=2)
+    for step in range(6):  # 2 fit in the reserved room, then the buffer has to grow
+        states = _states(2, 1, seed=step + 1)
+        out_a = plain.layers[0].update(*states)
+        out_b = grown.layers[0].update(*states)
+        assert torch.equal(out_a[0], out_b[0]) and torch.equal(out_a[1], out_b[1])
+    _same(plain, grown)
+    assert grown.layers[0].get_seq_length() == 11
+
+
+def test_dropping_and_repeating_rows_then_decoding_matches() -> None:
+    plain, grown = _pair(batch=4, n=6, extra=8)
+    keep = torch.tensor([0, 2, 3])
+    plain.batch_select_indices(keep)
+    grown.batch_select_indices(keep)
+    _same(plain, grown)
+    states = _states(3, 1, seed=7)
+    plain.layers[0].update(*states)
+    grown.layers[0].update(*states)
+    _same(plain, grown)
+    plain.batch_repeat_interleave(2)
+    grown.batch_repeat_interleave(2)
+    states = _states(6, 2, seed=8)
+    plain.layers[0].update(*states)
+    grown.layers[0].update(*states)
+    _same(plain, grown)
+    assert grown.layers[0].keys.shape == (6, 3, 9, 8)
+
+
+def test_new_tokens_are_written_in_place_not_copied() -> None:
+    _, grown = _pair(batch=2, n=4, extra=4)
+    layer = grown.layers[0]
+    before = layer.keys.untyped_storage().data_ptr()
+    layer.update(*_states(2, 1, seed=3))
+    assert layer.keys.untyped_storage().data_ptr() == before  # same buffer: no whole-cache copy per token
