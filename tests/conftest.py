@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import corpus_path, data_dir
-from shared.testing import Proc, free_port, spawn, start_redis, wait_http
+from shared.config import cache_dir, corpus_path, data_dir
+from shared.testing import Proc, free_port, spawn, start_redis, start_service, wait_http
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -83,3 +83,20 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
             if i < 500 or json.loads(line)["id"] in wanted:
                 dst.write(line)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_index(small_corpus: Path) -> Path:
+    """The retriever index of ``small_corpus``, built once and reused while the corpus is unchanged."""
+    from services.retriever.index import ensure_index
+
+    return ensure_index(small_corpus, cache_dir() / "indexes" / "test-small-corpus")
+
+
+@pytest.fixture(scope="session")
+def small_retriever(small_index: Path, logs_dir: Path) -> Iterator[Proc]:
+    """A retriever service (default settings) over ``small_index``, shared by every area's tests and
+    never stopped mid-session (a test that needs an outage starts its own)."""
+    proc = start_service("retriever", {"RETRIEVER_INDEX_DIR": str(small_index)}, log_dir=logs_dir)
+    yield proc
+    proc.stop()

@@ -1,6 +1,6 @@
 """Fixtures of the retriever's integration tests: a real index over real passages, a real service.
 
-``small_index`` is the index of the root ``small_corpus`` (the first 500 corpus passages plus the
+``small_index`` (root conftest) is the index of ``small_corpus`` (the first 500 corpus passages plus the
 supporting passages of the first 30 HotpotQA dev questions), built by ``ensure_index`` once and
 reused while the corpus is unchanged (the simulator's tests share it).
 """
@@ -13,18 +13,11 @@ from pathlib import Path
 import pytest
 
 from services.retriever.engine import Retriever
-from services.retriever.index import ensure_index
-from shared.config import cache_dir
 from shared.testing import Proc, start_service
 
 # A long batch wait makes coalescing certain in tests (the bench measures the real default).
 SERVICE_ENV = {"RETRIEVER_BATCH_WAIT_MS": "25", "RETRIEVER_MAX_TOPK": "20", "RETRIEVER_MAX_QUERIES": "16",
                "RETRIEVER_BUILD_IF_MISSING": "false"}
-
-
-@pytest.fixture(scope="session")
-def small_index(small_corpus: Path) -> Path:
-    return ensure_index(small_corpus, cache_dir() / "indexes" / "test-small-corpus")
 
 
 @pytest.fixture(scope="session")

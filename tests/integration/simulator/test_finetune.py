@@ -39,12 +39,12 @@ def judge_service(openai_server: Proc, smollm2_path: Path, logs_dir: Path) -> It
 
 
 @pytest.fixture(scope="module")
-def examples(retriever_service: Proc, judge_service: Proc) -> list[SimExample]:
+def examples(small_retriever: Proc, judge_service: Proc) -> list[SimExample]:
     # train-part questions whose supporting passages the small corpus holds (the first 30 of the file)
     train_ids = {r["id"] for r in load_split("hotpotqa", "train")}
     rows = [r for r in load_split("hotpotqa", "all", limit=30) if r["id"] in train_ids][:6]
     labeller = JudgeLabeller(JudgeClient(judge_service.url))
-    return build_examples(rows, RetrieverClient(retriever_service.url), labeller, k=K, words=WORDS, sets_per_query=2)
+    return build_examples(rows, RetrieverClient(small_retriever.url), labeller, k=K, words=WORDS, sets_per_query=2)
 
 
 def test_examples_are_real_retrieval_labelled_by_the_judge(examples: list[SimExample]) -> None:

@@ -39,10 +39,10 @@ def test_corpus_simulate_useful_and_noisy(corpus_simulator: Proc) -> None:
     assert "moscow state university" not in " ".join(d.text for d in noisy.documents).lower()
 
 
-def test_corpus_facade_parses_like_the_retriever(corpus_simulator: Proc, retriever_service: Proc) -> None:
+def test_corpus_facade_parses_like_the_retriever(corpus_simulator: Proc, small_retriever: Proc) -> None:
     body = {"queries": ["Florida Senate members", "Tokarev ethnographer"], "topk": 3, "return_scores": True}
     sim_raw = httpx.post(corpus_simulator.url + "/retrieve", json={**body, "p_noise": 0.0}, timeout=60).json()
-    real_raw = httpx.post(retriever_service.url + "/retrieve", json=body, timeout=60).json()
+    real_raw = httpx.post(small_retriever.url + "/retrieve", json=body, timeout=60).json()
     assert set(sim_raw) == set(real_raw) == {"result"}
     sim, real = RetrieveResponse.model_validate(sim_raw), RetrieveResponse.model_validate(real_raw)
     assert [len(r) for r in sim.result] == [len(r) for r in real.result] == [3, 3]

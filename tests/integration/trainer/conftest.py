@@ -1,8 +1,6 @@
-"""Fixtures of the episode tests (queue, workers, agent, eval): a real retriever on the small corpus,
-private Redis servers and rollout workers as real subprocesses (``python -m services.trainer.worker``).
-
-The retriever index of ``small_corpus`` is built once (``ensure_index`` reuses it across runs and
-shares it with the simulator tests).
+"""Fixtures of the episode tests (queue, workers, agent, eval): private Redis servers and rollout
+workers as real subprocesses (``python -m services.trainer.worker``). The retriever on the small
+corpus (``small_retriever``) comes from the root conftest, shared with the simulator tests.
 """
 
 from __future__ import annotations
@@ -14,25 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import cache_dir
-from shared.testing import Proc, spawn, start_redis, start_service
+from shared.testing import Proc, spawn, start_redis
 
 WorkerFactory = Callable[..., Proc]
-
-
-@pytest.fixture(scope="session")
-def episodes_index(small_corpus: Path) -> Path:
-    from services.retriever.index import ensure_index
-
-    return ensure_index(small_corpus, cache_dir() / "indexes" / "test-small-corpus")
-
-
-@pytest.fixture(scope="session")
-def episodes_retriever(episodes_index: Path, logs_dir: Path) -> Iterator[Proc]:
-    """A retriever service over the small corpus, shared by the episode tests (never stopped mid-session)."""
-    proc = start_service("retriever", {"RETRIEVER_INDEX_DIR": str(episodes_index)}, log_dir=logs_dir)
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture()

@@ -42,9 +42,9 @@ def backend() -> Iterator[LocalBackend]:
 
 
 @pytest.fixture(scope="module")
-def results(backend: LocalBackend, episodes_retriever: Proc) -> list[EpisodeResult]:
+def results(backend: LocalBackend, small_retriever: Proc) -> list[EpisodeResult]:
     rows = load_split("hotpotqa", "all", 4)
-    search = SearchRegistry(SearchEndpoints(retriever_url=episodes_retriever.url))
+    search = SearchRegistry(SearchEndpoints(retriever_url=small_retriever.url))
     reqs = [EpisodeRequest(job_id="mask", episode_id=str(i), question=r["question"], ground_truth=r["answers"],
                            sampling=EpisodeSampling(max_new_tokens=16, temperature=1.0, seed=i), max_turns=1,
                            topk=2, obs_max_tokens=64, max_total_tokens=300)

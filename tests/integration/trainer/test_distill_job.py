@@ -22,9 +22,9 @@ N = 4
 
 
 @pytest.fixture()
-def trainer(private_redis: Proc, episodes_retriever: Proc, logs_dir: Path, tmp_path: Path) -> Iterator[Proc]:
+def trainer(private_redis: Proc, small_retriever: Proc, logs_dir: Path, tmp_path: Path) -> Iterator[Proc]:
     env = {"TRAINER_API_KEY": API_KEY, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path),
-           "TRAINER_RETRIEVER_URL": episodes_retriever.url, "TRAINER_TORCH_THREADS": "1"}
+           "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1"}
     proc = start_service("trainer", env, log_dir=logs_dir)
     yield proc
     proc.stop()
@@ -48,9 +48,9 @@ def _run(client: TrainerClient, worker: Proc, **config: Any) -> tuple[dict[str, 
 
 
 def test_distill_job_turns_answered_trajectories_into_sft_records(
-        trainer: Proc, private_redis: Proc, episodes_retriever: Proc, smollm2_path: Path,
+        trainer: Proc, private_redis: Proc, small_retriever: Proc, smollm2_path: Path,
         start_worker: Callable[..., Proc]) -> None:
-    worker = start_worker(private_redis.url, "distill-w", retriever_url=episodes_retriever.url, batch_size=4)
+    worker = start_worker(private_redis.url, "distill-w", retriever_url=small_retriever.url, batch_size=4)
     client = TrainerClient(trainer.url, API_KEY, timeout_s=30)
 
     # permissive: every trajectory that ended with an answer is kept

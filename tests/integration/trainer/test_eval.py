@@ -22,13 +22,13 @@ def test_unknown_method_is_rejected() -> None:
     assert parse_method("policy:/ckpt/v3") == ("agent", "/ckpt/v3")
 
 
-def test_eval_runs_every_method_through_the_queue(tmp_path: Path, private_redis: Proc, episodes_retriever: Proc,
+def test_eval_runs_every_method_through_the_queue(tmp_path: Path, private_redis: Proc, small_retriever: Proc,
                                                   start_worker: Callable[..., Proc], smollm2_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     rows = load_split("hotpotqa", "all", 3)
     data = tmp_path / "tiny.jsonl"
     write_jsonl(data, rows)
-    start_worker(private_redis.url, "eval-w", batch_size=8, retriever_url=episodes_retriever.url)
+    start_worker(private_redis.url, "eval-w", batch_size=8, retriever_url=small_retriever.url)
     methods = f"direct,rag,agent,policy:{smollm2_path}"
     out = tmp_path / "report"
     rc = main(["--dataset", str(data), "--methods", methods, "--redis-url", private_redis.url, "--out", str(out),

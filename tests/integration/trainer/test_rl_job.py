@@ -19,18 +19,18 @@ API_KEY = "rl-test-key"
 
 
 @pytest.fixture()
-def trainer(private_redis: Proc, episodes_retriever: Proc, logs_dir: Path,
+def trainer(private_redis: Proc, small_retriever: Proc, logs_dir: Path,
             tmp_path: Path) -> Iterator[Proc]:
     env = {"TRAINER_API_KEY": API_KEY, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path),
-           "TRAINER_RETRIEVER_URL": episodes_retriever.url, "TRAINER_TORCH_THREADS": "1"}
+           "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1"}
     proc = start_service("trainer", env, log_dir=logs_dir)
     yield proc
     proc.stop()
 
 
-def test_rl_job_updates_the_policy_and_workers_follow(trainer: Proc, private_redis: Proc, episodes_retriever: Proc,
+def test_rl_job_updates_the_policy_and_workers_follow(trainer: Proc, private_redis: Proc, small_retriever: Proc,
                                                       start_worker: Callable[..., Proc]) -> None:
-    worker = start_worker(private_redis.url, "rl-worker-0", retriever_url=episodes_retriever.url, batch_size=4)
+    worker = start_worker(private_redis.url, "rl-worker-0", retriever_url=small_retriever.url, batch_size=4)
     client = TrainerClient(trainer.url, API_KEY, timeout_s=30)
     config = {
         "model": "smollm2", "steps": 2, "batch_size": 2, "group_size": 2, "micro_batch_size": 4,

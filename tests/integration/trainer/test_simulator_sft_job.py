@@ -19,9 +19,9 @@ API_KEY = "simulator-sft-test-key"
 
 
 @pytest.fixture()
-def trainer(private_redis: Proc, episodes_retriever: Proc, logs_dir: Path, tmp_path: Path) -> Iterator[Proc]:
+def trainer(private_redis: Proc, small_retriever: Proc, logs_dir: Path, tmp_path: Path) -> Iterator[Proc]:
     env = {"TRAINER_API_KEY": API_KEY, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path),
-           "TRAINER_RETRIEVER_URL": episodes_retriever.url, "TRAINER_TORCH_THREADS": "1"}
+           "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1"}
     proc = start_service("trainer", env, log_dir=logs_dir)
     yield proc
     proc.stop()

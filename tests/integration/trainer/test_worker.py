@@ -82,10 +82,10 @@ def test_sigterm_finishes_the_batch_in_flight_and_policy_reload(
 
 def test_retriever_outage_becomes_failed_search_observations(
         private_redis: Proc, start_worker: Callable[..., Proc], waiter: Callable[..., None],
-        episodes_index: Path, logs_dir: Path, smollm2_path: Path) -> None:
+        small_index: Path, logs_dir: Path, smollm2_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    retriever = start_service("retriever", {"RETRIEVER_INDEX_DIR": str(episodes_index)}, log_dir=logs_dir)
+    retriever = start_service("retriever", {"RETRIEVER_INDEX_DIR": str(small_index)}, log_dir=logs_dir)
     try:
         q = EpisodeQueue(private_redis.url)
         d = start_worker(private_redis.url, "d", batch_size=2, retriever_url=retriever.url, search_retries=1,
