@@ -12,9 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from shared.testing import Proc, spawn, start_redis
+from shared.client import TrainerClient
+from shared.testing import Proc, spawn, start_redis, start_service
 
 WorkerFactory = Callable[..., Proc]
+
+
+@pytest.fixture()
+def job_client(private_redis: Proc, small_retriever: Proc, logs_dir: Path, tmp_path: Path) -> Iterator[TrainerClient]:
+    """A client of a real trainer (its own Redis, the shared retriever, jobs under ``tmp_path``)."""
+    key = "job-test-key"
+    env = {"TRAINER_API_KEY": key, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path),
+           "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1"}
+    proc = start_service("trainer", env, log_dir=logs_dir)
+    yield TrainerClient(proc.url, key, timeout_s=30)
+    proc.stop()
 
 
 @pytest.fixture()

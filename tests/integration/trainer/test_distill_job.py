@@ -6,28 +6,18 @@ job's own loader) and the default strict one (cover-EM = 1) must drop the wrong 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.client import TrainerClient
-from shared.testing import Proc, start_service
+from shared.testing import Proc
 
 pytestmark = pytest.mark.slow
 
-API_KEY = "distill-test-key"
 N = 4
-
-
-@pytest.fixture()
-def trainer(private_redis: Proc, small_retriever: Proc, logs_dir: Path, tmp_path: Path) -> Iterator[Proc]:
-    env = {"TRAINER_API_KEY": API_KEY, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path),
-           "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1"}
-    proc = start_service("trainer", env, log_dir=logs_dir)
-    yield proc
-    proc.stop()
 
 
 def _run(client: TrainerClient, worker: Proc, **config: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -48,13 +38,12 @@ def _run(client: TrainerClient, worker: Proc, **config: Any) -> tuple[dict[str, 
 
 
 def test_distill_job_turns_answered_trajectories_into_sft_records(
-        trainer: Proc, private_redis: Proc, small_retriever: Proc, smollm2_path: Path,
+        job_client: TrainerClient, private_redis: Proc, small_retriever: Proc, smollm2_path: Path,
         start_worker: Callable[..., Proc]) -> None:
     worker = start_worker(private_redis.url, "distill-w", retriever_url=small_retriever.url, batch_size=4)
-    client = TrainerClient(trainer.url, API_KEY, timeout_s=30)
 
     # permissive: every trajectory that ended with an answer is kept
-    result, episodes = _run(client, worker, keep="f1", min_score=0.0)
+    result, episodes = _run(job_client, worker, keep="f1", min_score=0.0)
     assert f"loading model {smollm2_path}" in worker.log_tail(400)  # the teacher, not the published policy
     assert result["kept"] == result["answered"] > 0
     assert all(e["answer"] is not None for e in episodes if e["kept"])
@@ -73,7 +62,7 @@ def test_distill_job_turns_answered_trajectories_into_sft_records(
         assert record["meta"]["prompt_id"] in {e["prompt_id"] for e in episodes}
 
     # strict (the default: cover-EM = 1): a wrong answer is never kept
-    strict, strict_episodes = _run(client, worker)
+    strict, strict_episodes = _run(job_client, worker)
     assert strict["keep"] == "cover_em" and strict["min_score"] == 1.0
     wrong = [e for e in strict_episodes if e["answer"] is not None and e["scores"]["cover_em"] < 1.0]
     assert wrong and not any(e["kept"] for e in wrong)

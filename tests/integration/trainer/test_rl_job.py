@@ -5,33 +5,20 @@ the published version moves, and the worker reloads each new version and generat
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from shared.client import TrainerClient
-from shared.testing import Proc, start_service
+from shared.testing import Proc
 
 pytestmark = pytest.mark.slow
 
-API_KEY = "rl-test-key"
 
-
-@pytest.fixture()
-def trainer(private_redis: Proc, small_retriever: Proc, logs_dir: Path,
-            tmp_path: Path) -> Iterator[Proc]:
-    env = {"TRAINER_API_KEY": API_KEY, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path),
-           "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1"}
-    proc = start_service("trainer", env, log_dir=logs_dir)
-    yield proc
-    proc.stop()
-
-
-def test_rl_job_updates_the_policy_and_workers_follow(trainer: Proc, private_redis: Proc, small_retriever: Proc,
+def test_rl_job_updates_the_policy_and_workers_follow(job_client: TrainerClient, private_redis: Proc, small_retriever: Proc,
                                                       start_worker: Callable[..., Proc]) -> None:
     worker = start_worker(private_redis.url, "rl-worker-0", retriever_url=small_retriever.url, batch_size=4)
-    client = TrainerClient(trainer.url, API_KEY, timeout_s=30)
     config = {
         "model": "smollm2", "steps": 2, "batch_size": 2, "group_size": 2, "micro_batch_size": 4,
         "prompts": {"dataset": "hotpotqa", "limit": 4},
@@ -42,13 +29,13 @@ def test_rl_job_updates_the_policy_and_workers_follow(trainer: Proc, private_red
         "algo": {"name": "grpo", "entropy_coef": 0.01},
         "optim": {"lr": 1e-4}, "step_timeout_s": 600,
     }
-    job_id = client.submit("rl", config)
-    steps = [e for e in client.events(job_id) if e["type"] == "step"]
-    status = client.wait(job_id, timeout_s=60)
+    job_id = job_client.submit("rl", config)
+    steps = [e for e in job_client.events(job_id) if e["type"] == "step"]
+    status = job_client.wait(job_id, timeout_s=60)
     assert status.state == "succeeded", f"{status.error}\n--- worker\n{worker.log_tail()}"
     assert [e["step"] for e in steps] == [1, 2]
 
-    result = json.loads(client.artifact(job_id, "result.json"))
+    result = json.loads(job_client.artifact(job_id, "result.json"))
     start, final = result["start_version"], result["final_version"]
     assert final == start + 2  # one new version per step
     versions = [e["metrics"]["policy_version"] for e in steps]

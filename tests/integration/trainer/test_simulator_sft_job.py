@@ -5,45 +5,30 @@ SFT run of the embedded SmolLM2, and a model folder transformers loads."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from shared.client import TrainerClient
-from shared.testing import Proc, start_service
 
 pytestmark = pytest.mark.slow
 
-API_KEY = "simulator-sft-test-key"
 
-
-@pytest.fixture()
-def trainer(private_redis: Proc, small_retriever: Proc, logs_dir: Path, tmp_path: Path) -> Iterator[Proc]:
-    env = {"TRAINER_API_KEY": API_KEY, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path),
-           "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1"}
-    proc = start_service("trainer", env, log_dir=logs_dir)
-    yield proc
-    proc.stop()
-
-
-def test_simulator_sft_job_trains_a_loadable_simulator_model(trainer: Proc) -> None:
-    client = TrainerClient(trainer.url, API_KEY, timeout_s=30)
+def test_simulator_sft_job_trains_a_loadable_simulator_model(job_client: TrainerClient) -> None:
     config = {"dataset": "hotpotqa", "limit": 4, "k": 3, "sets_per_query": 1, "words": 12, "epochs": 1,
               "batch_size": 4, "max_len": 192, "lr": 1e-4}
-    job_id = client.submit("simulator_sft", config)
-    events = list(client.events(job_id))
-    status = client.wait(job_id, timeout_s=60)
+    job_id = job_client.submit("simulator_sft", config)
+    events = list(job_client.events(job_id))
+    status = job_client.wait(job_id, timeout_s=60)
     assert status.state == "succeeded", status.error
 
-    result = json.loads(client.artifact(job_id, "result.json"))
+    result = json.loads(job_client.artifact(job_id, "result.json"))
     assert result["examples"] == 4 and result["useful"] + result["noisy"] == 4  # one set of 3 per question
     assert result["label"] == "metric" and result["steps"] == 1
     assert result["first_loss"] > 0 and result["last_loss"] > 0
     assert {"examples", "first_loss", "last_loss"} <= set(status.metrics) and status.metrics["examples"] == 4
     assert {"model/train_examples.jsonl", "model/simulator_sft.json", "model/model.safetensors",
             "result.json"} <= set(status.artifacts)
-    examples = client.artifact(job_id, "model/train_examples.jsonl").decode().splitlines()
+    examples = job_client.artifact(job_id, "model/train_examples.jsonl").decode().splitlines()
     assert len(examples) == 4 and all(len(json.loads(e)["documents"]) == 3 for e in examples)
 
     # progress: the start, the examples, one event per optimizer step with its loss
