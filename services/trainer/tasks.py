@@ -102,6 +102,14 @@ def _write_result(ctx: JobContext, report: dict[str, Any]) -> None:
     write_result(ctx, report)
 
 
+def _retriever_url(ctx: JobContext, configured: str | None) -> str:
+    """The job config's retriever URL, else the trainer's (``TRAINER_RETRIEVER_URL``); one is required."""
+    url = configured or ctx.settings.retriever_url
+    if not url:
+        raise ValueError(f"{ctx.kind} needs a retriever: set config.retriever_url or TRAINER_RETRIEVER_URL")
+    return url
+
+
 def run_ramp_job(ctx: JobContext) -> dict[str, Any]:
     from services.trainer.data.ramp import build_ramp
 
@@ -119,10 +127,7 @@ def run_coldstart_job(ctx: JobContext) -> dict[str, Any]:
 
     config = ctx.config
     assert isinstance(config, ColdStartJobConfig)
-    url = config.retriever_url or ctx.settings.retriever_url
-    if not url:
-        raise ValueError("coldstart needs a retriever: set config.retriever_url or TRAINER_RETRIEVER_URL")
-    update: dict[str, Any] = {"retriever_url": url}
+    update: dict[str, Any] = {"retriever_url": _retriever_url(ctx, config.retriever_url)}
     if config.out_dir is None:
         update["out_dir"] = str(ctx.dir / "coldstart")
     report = build_coldstart(ColdStartConfig.model_validate({**config.model_dump(), **update}))
@@ -165,9 +170,7 @@ def run_simulator_sft_job(ctx: JobContext) -> dict[str, Any]:
 
     config = ctx.config
     assert isinstance(config, SimulatorSFTJobConfig)
-    url = config.retriever_url or ctx.settings.retriever_url
-    if not url:
-        raise ValueError("simulator_sft needs a retriever: set config.retriever_url or TRAINER_RETRIEVER_URL")
+    url = _retriever_url(ctx, config.retriever_url)
     label = config.label or ("judge" if ctx.settings.judge_url else "metric")
     if label == "judge" and not ctx.settings.judge_url:
         raise ValueError("label 'judge' needs the trainer's TRAINER_JUDGE_URL (or use label 'metric')")
