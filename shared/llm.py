@@ -146,9 +146,6 @@ def _growing_layer_class() -> type:
             self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
             self.keys, self.values = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
 
-        def crop(self, tokens_to_remove: int) -> None:
-            super().crop(tokens_to_remove)  # keys/values become shorter views of the same buffers
-
         def reset(self) -> None:
             self._kbuf = self._vbuf = None
             super().reset()
