@@ -2,7 +2,7 @@
 #
 # searchlab: one image for every service; the command chooses which one runs:
 #   python -m services.retriever | services.judge | services.simulator | services.trainer
-#   python -m services.trainer.worker                  (rollout workers)
+#   python -m services.trainer.rollout.worker                  (rollout workers)
 #   searchlab <verb>                                   (the CLI: index build, eval, ...)
 #
 # Models, indexes and checkpoints are NOT baked in: mount them at /cache (SEARCHLAB_CACHE_DIR);

@@ -67,7 +67,7 @@ setup_redis() {
   if ! command -v redis-server >/dev/null 2>&1 && [ "${SEARCHLAB_SYSTEM_REDIS:-1}" = 1 ]; then
     apt_install redis-server && say "installed the redis-server system package" || true
   fi
-  "$VENV/bin/python" -c 'from shared.testing import redis_server_binary as r; print("redis-server:", r())' >&2
+  "$VENV/bin/python" -c 'from shared.processes import redis_server_binary as r; print("redis-server:", r())' >&2
 }
 
 setup_models() {

@@ -37,8 +37,8 @@ from shared.data import load_split
 from shared.llm import LLMBackend, get_backend
 from shared.metrics import gold_answers
 from shared.models import resolve
+from shared.processes import free_port, spawn, start_redis, wait_http
 from shared.schemas import JudgeItem
-from shared.testing import free_port, spawn, start_redis, wait_http
 
 
 def bench_items(n: int, offset: int = 0) -> list[JudgeItem]:

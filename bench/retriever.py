@@ -33,7 +33,7 @@ from pathlib import Path
 from services.retriever.engine import Retriever, set_threads
 from services.retriever.index import BuildOptions, RunOptions, build_index, ensure_index
 from shared.config import cache_dir, corpus_path, data_dir
-from shared.testing import start_service
+from shared.processes import start_service
 
 CONCURRENCY = (1, 8, 64)
 

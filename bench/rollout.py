@@ -3,7 +3,7 @@
     python bench/rollout.py [--n 8] [--batch 8] [--max-new-tokens 32] [--max-turns 2] [--noop 100]
 
 Starts a real Redis, a retriever over a small corpus (the first 2,000 passages plus the supporting
-passages of the questions) and rollout workers as subprocesses (``python -m services.trainer.worker``).
+passages of the questions) and rollout workers as subprocesses (``python -m services.trainer.rollout.worker``).
 The same N agent episodes (HotpotQA questions, greedy) run twice: through a worker with
 ``WORKER_BATCH_SIZE=batch`` and through one with ``WORKER_BATCH_SIZE=1``; the clock runs from enqueue
 to the last result (model loading excluded). Then the queue's own overhead: no-op episodes sent one at
@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.trainer.queue import EpisodeQueue
+from services.trainer.rollout.queue import EpisodeQueue
 from shared.config import cache_dir, corpus_path
 from shared.data import load_split
+from shared.processes import Proc, spawn, start_redis, start_service
 from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeSampling
-from shared.testing import Proc, spawn, start_redis, start_service
 
 
 def small_corpus(rows: list[dict], out: Path, first: int = 2000) -> Path:
@@ -41,7 +41,7 @@ def small_corpus(rows: list[dict], out: Path, first: int = 2000) -> Path:
 def start_worker(redis_url: str, name: str, batch: int, retriever_url: str, logs: Path) -> Proc:
     env = {"WORKER_REDIS_URL": redis_url, "WORKER_NAME": name, "WORKER_BATCH_SIZE": str(batch),
            "WORKER_RETRIEVER_URL": retriever_url, "WORKER_BLOCK_MS": "100", "WORKER_HEARTBEAT_S": "0.5"}
-    return spawn(name, [sys.executable, "-m", "services.trainer.worker"], env=env, log_dir=logs)
+    return spawn(name, [sys.executable, "-m", "services.trainer.rollout.worker"], env=env, log_dir=logs)
 
 
 def wait_registered(q: EpisodeQueue, name: str, proc: Proc, timeout_s: float = 600) -> None:

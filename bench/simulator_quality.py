@@ -39,11 +39,28 @@ from services.simulator.engine import (
     SimResult,
     contains_answer,
 )
-from services.simulator.finetune import EngineSearcher, FinetuneConfig, MetricLabeller, build_examples, sft
+from services.trainer.learn.simulator_sft import (
+    FinetuneConfig,
+    MetricLabeller,
+    build_examples,
+    sft,
+)
 from shared.config import LLMSettings, cache_dir
 from shared.data import load_split
-from shared.schemas import Quality, SimMode
+from shared.schemas import Hit, Quality, SearchMode, SimMode
 
+
+class InProcessSearcher:
+    """The bench's in-process retriever seen as the examples' searcher (the service does this over HTTP)."""
+
+    def __init__(self, retriever: Any):
+        self.retriever = retriever
+
+    def retrieve(self, queries: list[str], topk: int | None = None, mode: SearchMode | None = None) -> list[list[Hit]]:
+        kwargs: dict[str, Any] = {"topk": topk or 5}
+        if mode is not None:
+            kwargs["mode"] = mode
+        return list(self.retriever.search(queries, **kwargs))
 
 def is_yes_no(row: dict[str, Any]) -> bool:
     return all(str(a).strip().lower() in ("yes", "no") for a in row["answers"])
@@ -140,7 +157,7 @@ def main() -> None:
         index_dir = ensure_index(corpus_path(), RetrieverSettings().resolved_index_dir())
     else:
         index_dir = bench_index(rows + train_rows, args.distractors)
-    searcher = EngineSearcher(Retriever.load(index_dir))
+    searcher = InProcessSearcher(Retriever.load(index_dir))
     settings = SimulatorSettings(_env_file=None, mode="corpus", retriever_url="http://in-process",  # type: ignore[call-arg]
                                  words=args.words, max_k=max(10, args.k), default_k=args.k,
                                  max_regenerations=args.regenerations)

@@ -104,13 +104,13 @@ VERBS: dict[str, Callable[[Sequence[str]], int]] = {
     "models": _models,
     "serve": _serve,
     "index": _two_words("index", {"build": "services.retriever.__main__:build_main"}),
-    "simulator": _two_words("simulator", {"finetune": "services.simulator.finetune:main"}),
+    "simulator": _two_words("simulator", {"finetune": "services.trainer.learn.simulator_sft:main"}),
     "ramp": lambda argv: _call("services.trainer.data.__main__:main", ["ramp", *argv]),
     "coldstart": lambda argv: _call("services.trainer.data.__main__:main", ["coldstart", *argv]),
-    "eval": lambda argv: _call("services.trainer.evaluate:main", argv),
-    "worker": lambda argv: _call("services.trainer.worker:main", argv),
-    "train": lambda argv: _call("services.trainer.e2e:train_main", argv),
-    "demo": lambda argv: _call("services.trainer.e2e:main", argv),
+    "eval": lambda argv: _call("services.trainer.eval.harness:main", argv),
+    "worker": lambda argv: _call("services.trainer.rollout.worker:main", argv),
+    "train": lambda argv: _call("services.demo:train_main", argv),
+    "demo": lambda argv: _call("services.demo:main", argv),
 }
 
 

@@ -11,13 +11,11 @@ trainer and N rollout workers, all on loopback. The processes and their URLs are
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,8 +23,10 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared import local_cluster
 from shared.config import cache_dir, corpus_path
-from shared.testing import Proc, free_port, spawn, start_redis, wait_http
+from shared.local_cluster import ClusterState
+from shared.processes import Proc, free_port, spawn, start_redis, wait_http
 
 log = logging.getLogger(__name__)
 
@@ -53,43 +53,12 @@ class ClusterSettings(BaseSettings):
     run_dir: Path | None = None  # default <cache>/cluster
 
 
-@dataclass
-class ClusterState:
-    run_dir: str
-    urls: dict[str, str] = field(default_factory=dict)
-    pids: dict[str, int] = field(default_factory=dict)
-    logs: dict[str, str] = field(default_factory=dict)
-    api_key: str = ""
-    started_at: float = 0.0
-
-    def env(self) -> dict[str, str]:
-        """Environment a client process needs to reach this cluster."""
-        out = {
-            "SEARCHLAB_REDIS_URL": self.urls.get("redis", ""),
-            "SEARCHLAB_RETRIEVER_URL": self.urls.get("retriever", ""),
-            "SEARCHLAB_JUDGE_URL": self.urls.get("judge", ""),
-            "SEARCHLAB_SIMULATOR_URL": self.urls.get("simulator", ""),
-            "SEARCHLAB_TRAINER_URL": self.urls.get("trainer", ""),
-            "SEARCHLAB_API_KEY": self.api_key,
-        }
-        return {k: v for k, v in out.items() if v}
-
-
-def _run_dir(settings: ClusterSettings) -> Path:
-    path = settings.run_dir or cache_dir() / "cluster"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def state_path(settings: ClusterSettings | None = None) -> Path:
-    return _run_dir(settings or ClusterSettings()) / "cluster.json"
+    return local_cluster.state_path((settings or ClusterSettings()).run_dir)
 
 
 def load_state(settings: ClusterSettings | None = None) -> ClusterState | None:
-    path = state_path(settings)
-    if not path.is_file():
-        return None
-    return ClusterState(**json.loads(path.read_text()))
+    return local_cluster.load_state((settings or ClusterSettings()).run_dir)
 
 
 def _alive(pid: int) -> bool:
@@ -147,7 +116,7 @@ def up(settings: ClusterSettings | None = None) -> ClusterState:
         return current
     if current is not None:
         down(settings)
-    run_dir = _run_dir(settings)
+    run_dir = local_cluster.run_dir(settings.run_dir)
     logs = run_dir / "logs"
     state = ClusterState(run_dir=str(run_dir), api_key=settings.api_key.get_secret_value(), started_at=time.time())
     started: list[Proc] = []
@@ -177,7 +146,7 @@ def up(settings: ClusterSettings | None = None) -> ClusterState:
             _record(state, proc.name, proc)
         for i in range(settings.workers):
             worker_env = env | {"WORKER_NAME": f"worker-{i}"}
-            proc = spawn(f"worker-{i}", [sys.executable, "-m", "services.trainer.worker"], env=worker_env,
+            proc = spawn(f"worker-{i}", [sys.executable, "-m", "services.trainer.rollout.worker"], env=worker_env,
                          log_dir=logs)
             started.append(proc)
             _record(state, f"worker-{i}", proc)
@@ -189,7 +158,7 @@ def up(settings: ClusterSettings | None = None) -> ClusterState:
         for proc in reversed(started):
             proc.stop()
         raise
-    state_path(settings).write_text(json.dumps(asdict(state), indent=2))
+    local_cluster.save_state(state, settings.run_dir)
     return state
 
 

@@ -309,7 +309,7 @@ class Cluster:
                 if os.environ.get(f"SEARCHLAB_{n.upper()}_URL")}
         api_key = os.environ.get("SEARCHLAB_API_KEY")
         if not urls:
-            from services.cluster import load_state
+            from shared.local_cluster import load_state
 
             state = load_state()
             if state is None:

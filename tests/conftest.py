@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import cache_dir, corpus_path, data_dir
-from shared.testing import Proc, free_port, spawn, start_redis, start_service, wait_http
+from shared.processes import Proc, free_port, spawn, start_redis, start_service, wait_http
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

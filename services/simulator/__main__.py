@@ -12,7 +12,7 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "finetune":
-        from services.simulator.finetune import main as finetune_main
+        from services.trainer.learn.simulator_sft import main as finetune_main
 
         finetune_main(argv[1:])
         return

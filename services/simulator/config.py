@@ -28,7 +28,7 @@ class SimulatorSettings(ServiceSettings):
     words: int = Field(default=30, ge=3)  # target words per document
     max_query_chars: int = Field(default=4096, ge=1)  # longer queries are refused with 422
     max_words_factor: float = Field(default=2.0, ge=1.0)  # a document is cut at words * this
-    template: str = "zerosearch"  # prompt template family (services.simulator.prompts)
+    template: str = "zerosearch"  # prompt template family (shared.simulation.prompts)
 
     # llm generation
     temperature: float = Field(default=0.7, ge=0.0)

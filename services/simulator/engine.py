@@ -27,11 +27,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.simulator.config import SimMode, SimulatorSettings
-from services.simulator.documents import Doc, fill_documents, parse_documents, window_around
-from services.simulator.prompts import get_template
-from shared.curriculum import p_noise
 from shared.llm import LLMBackend, SamplingParams
 from shared.metrics import best_match
+from shared.noise_schedule import p_noise
 from shared.schemas import (
     Document,
     Hit,
@@ -43,6 +41,8 @@ from shared.schemas import (
     SimulateRequest,
     SimulateResponse,
 )
+from shared.simulation.documents import Doc, fill_documents, hit_to_doc, parse_documents, window_around
+from shared.simulation.prompts import get_template
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +165,6 @@ def perturb_query(query: str) -> str:
         sorted((w for w in words if w.lower() not in _STOPWORDS), key=len, reverse=True)[:max(1, len(words) // 3)])
     kept = [w for w in words if w not in drop]
     return " ".join(kept) if kept and kept != words else " ".join(words[: max(1, len(words) // 2)])
-
-
-def hit_to_doc(hit: Hit) -> Doc:
-    title, _, text = hit.document.contents.partition("\n")
-    return Doc(title=title.strip().strip('"'), text=" ".join(text.split()), id=hit.document.id, score=hit.score)
 
 
 class CorpusGenerator:

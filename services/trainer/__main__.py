@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from services.trainer.app import build_app
 from services.trainer.config import TrainerSettings
+from services.trainer.jobs.app import build_app
 from shared.config import hf_offline
 from shared.service import serve
 

@@ -20,10 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from services.trainer.data.curriculum import bucket_by_masks
 from services.trainer.data.difficulty import ScorerConfig, SpanScorer
 from services.trainer.data.export import read_samples, write_samples, write_verl_parquet
 from services.trainer.data.lexicon import Lexicon
+from services.trainer.data.mask_curriculum import bucket_by_masks
 from services.trainer.data.masking import RampSample, fill_masks, samples_for_passage
 from services.trainer.data.report import write_ramp_report
 from services.trainer.data.spans import Span, get_selector

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.testing import Proc, start_service
+from shared.processes import Proc, start_service
 
 JudgeFactory = Callable[..., Proc]
 

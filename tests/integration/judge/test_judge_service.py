@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from shared.client import JudgeClient
-from shared.testing import Proc, start_redis
+from shared.processes import Proc, start_redis
 
 pytestmark = pytest.mark.slow
 

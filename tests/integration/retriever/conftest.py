@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.retriever.engine import Retriever
-from shared.testing import Proc, start_service
+from shared.processes import Proc, start_service
 
 # A long batch wait makes coalescing certain in tests (the bench measures the real default).
 SERVICE_ENV = {"RETRIEVER_BATCH_WAIT_MS": "25", "RETRIEVER_MAX_TOPK": "20", "RETRIEVER_MAX_QUERIES": "16",

@@ -11,8 +11,8 @@ import pytest
 
 from shared.client import RetrieverClient
 from shared.config import data_dir
+from shared.processes import start_service
 from shared.schemas import RetrieveResponse
-from shared.testing import start_service
 
 
 def _questions(n: int) -> list[dict]:

@@ -8,7 +8,7 @@ import pytest
 
 from shared.config import LLMSettings
 from shared.llm import LocalBackend, SamplingParams, get_backend
-from shared.testing import Proc
+from shared.processes import Proc
 
 pytestmark = pytest.mark.slow
 

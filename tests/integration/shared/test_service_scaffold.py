@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field, SecretStr
 
 from shared.client import ServiceCallError, ServiceClient
 from shared.config import ServiceSettings
+from shared.processes import free_port
 from shared.service import Overloaded, create_app
-from shared.testing import free_port
 
 
 class Echo(BaseModel):

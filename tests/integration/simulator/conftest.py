@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.testing import Proc, start_service
+from shared.processes import Proc, start_service
 
 # Small documents keep generation on CPU short: 3 documents x ~12 words.
 LLM_ENV = {"SIMULATOR_WORDS": "12", "SIMULATOR_TOKENS_PER_DOC": "28", "SIMULATOR_MAX_K": "6",

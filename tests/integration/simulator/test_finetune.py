@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.simulator.finetune import (
+from services.trainer.learn.simulator_sft import (
     FinetuneConfig,
     JudgeLabeller,
     MetricLabeller,
@@ -21,7 +21,7 @@ from services.simulator.finetune import (
 from shared.client import JudgeClient, RetrieverClient, SimulatorClient
 from shared.data import load_split
 from shared.metrics import best_match
-from shared.testing import Proc, start_service
+from shared.processes import Proc, start_service
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import httpx
 import pytest
 
 from shared.client import RetrieverClient, ServiceCallError, SimulatorClient
+from shared.processes import Proc
 from shared.schemas import RetrieveResponse, ScheduleState, SimulateResponse
-from shared.testing import Proc
 
 QUESTION = "In what year was the university where Sergei Aleksandrovich Tokarev was a professor founded?"
 GOLD = ["1755"]

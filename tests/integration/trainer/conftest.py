@@ -1,5 +1,5 @@
 """Fixtures of the episode tests (queue, workers, agent, eval): private Redis servers and rollout
-workers as real subprocesses (``python -m services.trainer.worker``). The retriever on the small
+workers as real subprocesses (``python -m services.trainer.rollout.worker``). The retriever on the small
 corpus (``small_retriever``) comes from the root conftest, shared with the simulator tests.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.client import TrainerClient
-from shared.testing import Proc, spawn, start_redis, start_service
+from shared.processes import Proc, spawn, start_redis, start_service
 
 WorkerFactory = Callable[..., Proc]
 
@@ -46,7 +46,7 @@ def start_worker(logs_dir: Path) -> Iterator[WorkerFactory]:
         env = {"WORKER_REDIS_URL": redis_url, "WORKER_NAME": name, "WORKER_LOG_LEVEL": "info",
                "WORKER_BLOCK_MS": "200", "OMP_NUM_THREADS": "1"}
         env.update({f"WORKER_{k.upper()}": str(v) for k, v in settings.items()})
-        proc = spawn(name, [sys.executable, "-m", "services.trainer.worker"], env=env, log_dir=logs_dir)
+        proc = spawn(name, [sys.executable, "-m", "services.trainer.rollout.worker"], env=env, log_dir=logs_dir)
         procs.append(proc)
         return proc
 

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.trainer.agent import AgentRunner
-from services.trainer.search import SearchEndpoints, SearchRegistry
+from services.trainer.rollout.agent import AgentRunner
+from services.trainer.rollout.search import SearchEndpoints, SearchRegistry
 from shared.config import LLMSettings
 from shared.data import load_split
 from shared.llm import LocalBackend
+from shared.processes import Proc
 from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeSampling
-from shared.testing import Proc
 
 pytestmark = pytest.mark.slow
 

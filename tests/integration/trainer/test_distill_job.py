@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from shared.client import TrainerClient
-from shared.testing import Proc
+from shared.processes import Proc
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_distill_job_turns_answered_trajectories_into_sft_records(
 
     from transformers import AutoTokenizer
 
-    from services.trainer.sft import load_records, sft_tokenizer
+    from services.trainer.learn.sft import load_records, sft_tokenizer
 
     records = load_records([result["records"]])  # what an sft job with {"data": [records]} reads
     assert len(records) == result["kept"]

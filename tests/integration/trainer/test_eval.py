@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.evaluate import main, parse_method
+from services.trainer.eval.harness import main, parse_method
 from shared.data import load_split, write_jsonl
-from shared.testing import Proc
+from shared.processes import Proc
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import redis
 from pydantic import BaseModel
 
 from services.trainer.config import TrainerSettings
-from services.trainer.engine import JobManager
-from services.trainer.jobs import JobKindSpec
+from services.trainer.jobs.kinds import JobKindSpec
+from services.trainer.jobs.manager import JobManager
 from shared.schemas import JobStatus, JobSubmit
 
 

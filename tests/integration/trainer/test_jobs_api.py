@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from shared.client import ServiceCallError, TrainerClient
-from shared.testing import Proc, free_port, spawn, start_service
+from shared.processes import Proc, free_port, spawn, start_service
 
 pytestmark = pytest.mark.slow
 

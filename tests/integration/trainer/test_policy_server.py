@@ -10,7 +10,7 @@ import pytest
 
 from shared.config import LLMSettings
 from shared.llm import LocalBackend, OpenAIBackend, SamplingParams
-from shared.testing import Proc, free_port, spawn, wait_http
+from shared.processes import Proc, free_port, spawn, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def policy_server(logs_dir: object) -> Iterator[Proc]:
     port = free_port()
-    proc = spawn("policy", [sys.executable, "-m", "services.trainer.policy_server"],
+    proc = spawn("policy", [sys.executable, "-m", "services.trainer.rollout.policy_server"],
                  env={"POLICY_PORT": str(port), "POLICY_MAX_BATCH": "8", "POLICY_BATCH_WAIT_MS": "50"})
     proc.url = f"http://127.0.0.1:{port}"
     wait_http(proc, proc.url + "/ready", 180)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from services.trainer.queue import DEAD, EpisodeQueue, results_key
+from services.trainer.rollout.queue import DEAD, EpisodeQueue, results_key
+from shared.processes import Proc
 from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeSampling
-from shared.testing import Proc
 
 
 def req(job: str, i: int, **kw: object) -> EpisodeRequest:

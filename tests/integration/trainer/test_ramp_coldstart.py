@@ -14,7 +14,7 @@ from services.trainer.data.ramp import RampConfig, build_ramp, load_samples
 from services.trainer.data.records import SFTRecord, read_records, tokenize_record
 from shared.config import cache_dir, data_dir
 from shared.data import split_of
-from shared.testing import Proc, start_service
+from shared.processes import Proc, start_service
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_records_tokenize_with_observations_masked(coldstart: dict[str, Any], sm
 
 
 def test_records_load_in_the_trainers_sft_loader(coldstart: dict[str, Any], smollm2_path: Path) -> None:
-    sft = pytest.importorskip("services.trainer.sft")
+    sft = pytest.importorskip("services.trainer.learn.sft")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_path))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared.client import TrainerClient
-from shared.testing import Proc
+from shared.processes import Proc
 
 pytestmark = pytest.mark.slow
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.queue import EPISODES, GROUP, EpisodeQueue, results_key
+from services.trainer.rollout.queue import EPISODES, GROUP, EpisodeQueue, results_key
 from shared.data import load_split
+from shared.processes import Proc, start_service
 from shared.schemas import EpisodeRequest, EpisodeSampling
-from shared.testing import Proc, start_service
 
 pytestmark = pytest.mark.slow
 

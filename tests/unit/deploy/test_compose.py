@@ -29,7 +29,7 @@ MODULE_PREFIX = {
     "services.judge": "JUDGE",
     "services.simulator": "SIMULATOR",
     "services.trainer": "TRAINER",
-    "services.trainer.worker": "WORKER",
+    "services.trainer.rollout.worker": "WORKER",
 }
 URL = re.compile(r"^(?:https?|redis)://(?P<host>[A-Za-z0-9_.-]+):(?P<port>\d+)(?:/|$)")
 

@@ -212,7 +212,7 @@ def test_secret_holds_every_api_key(rendered: dict[str, list[Manifest]], overlay
 def test_workers_probe_redis_and_serve_nothing(rendered: dict[str, list[Manifest]], overlay: str) -> None:
     worker = by_kind(rendered[overlay], "Deployment")["worker"]
     (container,) = containers(worker)
-    assert container["command"] == ["python", "-m", "services.trainer.worker"]
+    assert container["command"] == ["python", "-m", "services.trainer.rollout.worker"]
     assert "ports" not in container and "worker" not in by_kind(rendered[overlay], "Service")
     assert "redis" in " ".join(container["readinessProbe"]["exec"]["command"])
     assert {"/cache", "/cache/models", "/data"} <= {m["mountPath"] for m in container["volumeMounts"]}

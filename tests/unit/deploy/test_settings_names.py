@@ -21,7 +21,7 @@ SETTINGS = {
     "JUDGE": "services.judge.config:JudgeSettings",
     "SIMULATOR": "services.simulator.config:SimulatorSettings",
     "TRAINER": "services.trainer.config:TrainerSettings",
-    "WORKER": "services.trainer.worker_config:WorkerSettings",
+    "WORKER": "services.trainer.rollout.settings:WorkerSettings",
 }
 LIBRARY_VARS = {"HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"}
 BASE_ENV = REPO / "k8s" / "base" / "searchlab.env"

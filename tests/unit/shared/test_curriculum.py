@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.curriculum import p_noise
+from shared.noise_schedule import p_noise
 
 
 @pytest.mark.parametrize(

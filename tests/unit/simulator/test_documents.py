@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.simulator.documents import (
+from shared.simulation.documents import (
     Doc,
     fill_documents,
     format_target,

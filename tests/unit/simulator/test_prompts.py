@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.simulator.prompts import get_template, number_word, render
+from shared.simulation.prompts import get_template, number_word, render
 
 
 def test_useful_prompt_is_zerosearch_with_the_answer_injected() -> None:

@@ -20,8 +20,8 @@ from services.simulator.engine import (
     contains_answer,
     perturb_query,
 )
-from shared.curriculum import p_noise
 from shared.llm import Generation, SamplingParams
+from shared.noise_schedule import p_noise
 from shared.schemas import Document, Hit, RetrieveRequest, RetrieveResponse, SearchMode, SimulateRequest
 
 PASSAGES = [(f"p{i}", f"Title {i}", f"passage {i} is about topic {i % 3} and nothing else at all") for i in range(40)]

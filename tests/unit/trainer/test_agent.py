@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from services.trainer.agent import FINAL_NUDGE, INVALID_ACTION, AgentRunner
-from services.trainer.search import SearchOutcome, SearchQuery
+from services.trainer.rollout.agent import FINAL_NUDGE, INVALID_ACTION, AgentRunner
+from services.trainer.rollout.search import SearchOutcome, SearchQuery
 from shared.llm import Generation, SamplingParams
 from shared.schemas import EpisodeRequest, EpisodeSampling
 

@@ -11,7 +11,13 @@ import math
 import pytest
 import torch
 
-from services.trainer.algos import AlgoSpec, informative_groups, outcome_advantages, overlong, policy_loss
+from services.trainer.learn.algos import (
+    AlgoSpec,
+    informative_groups,
+    outcome_advantages,
+    overlong,
+    policy_loss,
+)
 
 MASK = torch.tensor([
     [1, 0, 0, 1, 1],  # policy, observation x2, policy x2

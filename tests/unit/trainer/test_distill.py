@@ -12,9 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from services.trainer.data.records import SFTRecord, write_records
-from services.trainer.distill import DistillConfig, build_requests, keeps, trajectory_record
-from services.trainer.rl import Prompt
-from services.trainer.sft import load_records, sft_tokenizer
+from services.trainer.learn.distill import DistillConfig, build_requests, keeps, trajectory_record
+from services.trainer.learn.prompts import Prompt
+from services.trainer.learn.sft import load_records, sft_tokenizer
 from shared.protocol import get_template
 from shared.schemas import EpisodeResult
 

@@ -8,8 +8,8 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from services.trainer.curriculum import Curriculum, CurriculumSpec
-from services.trainer.rl import Prompt, PromptSampler, PromptSource
+from services.trainer.learn.prompts import Prompt, PromptSampler, PromptSource
+from services.trainer.learn.rl_curriculum import Curriculum, CurriculumSpec
 
 
 def test_mask_stages_split_the_run_evenly() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from services.trainer.sft import masked_nll, pad_batch, token_logprobs
+from services.trainer.learn.policy import masked_nll, pad_batch, token_logprobs
 
 # prompt x3, policy x2, observation x3, policy x2
 SEQ_A = [5, 6, 7, 10, 11, 20, 21, 22, 12, 13]
@@ -101,7 +101,7 @@ def test_output_layer_on_trained_positions_only_gives_the_same_values_and_gradie
 
 
 def test_train_layers_freezes_everything_below_the_top_blocks() -> None:
-    from services.trainer.sft import freeze_below
+    from services.trainer.learn.policy import freeze_below
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=3,

@@ -1,4 +1,4 @@
-"""Job configs of the pipeline-wrapping kinds (services/trainer/tasks.py): ``simulator_sft`` maps onto
+"""Job configs of the pipeline-wrapping kinds (services/trainer/jobs/runners.py): ``simulator_sft`` maps onto
 the simulator's FinetuneConfig and refuses bad values at submission, naming the field."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from services.trainer.tasks import SimulatorSFTJobConfig
+from services.trainer.jobs.runners import SimulatorSFTJobConfig
 
 
 def test_simulator_sft_config_maps_onto_the_finetune_config() -> None:

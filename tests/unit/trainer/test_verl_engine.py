@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from services.trainer import verl_engine
-from services.trainer.verl_engine import VerlConfig
+from services.trainer.verl import run as verl_engine
+from services.trainer.verl.run import VerlConfig
 from shared.data import load_split, split_of
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from services.trainer.data.curriculum import CurriculumSampler, MixedSampler, bucket_by_masks, get_sampler
+from services.trainer.data.mask_curriculum import (
+    CurriculumSampler,
+    MixedSampler,
+    bucket_by_masks,
+    get_sampler,
+)
 
 ITEMS = [{"id": f"{k}-{i}", "n_masks": k} for k in (3, 1, 4, 2) for i in range(5)]
 

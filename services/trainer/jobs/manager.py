@@ -3,7 +3,7 @@
 A job is ``(kind, config)``. Its config is validated at submission against the kind's pydantic
 model (``services.trainer.jobs.JOB_KINDS``), so a bad field is a 422 naming the field, never a
 failed job later. Jobs run in a small thread pool of this process (CPU-bound training releases
-the GIL in torch; the HTTP event loop is never blocked) and report through a :class:`JobContext`.
+the GIL in torch; the HTTP event loop is never blocked) and report through a :class:`~services.trainer.jobs.context.JobContext`.
 
 Redis layout (prefix ``TRAINER_KEY_PREFIX``, default ``searchlab:trainer``):
 
@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ import redis.asyncio as aredis
 from pydantic import BaseModel, ValidationError
 
 from services.trainer.config import TrainerSettings
-from services.trainer.jobs import JOB_KINDS, JobKindSpec
+from services.trainer.jobs.context import JobCancelled, JobContext
+from services.trainer.jobs.kinds import JOB_KINDS, JobKindSpec
 from shared.schemas import JobState, JobStatus, JobSubmit
 
 log = logging.getLogger(__name__)
@@ -54,68 +55,12 @@ class JobError(Exception):
         self.message = message
 
 
-class JobCancelled(Exception):
-    """Raised inside a job by :meth:`JobContext.check_cancelled` once cancellation was asked."""
-
-
 def describe_validation(exc: ValidationError, prefix: str = "config") -> str:
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in (prefix, *err.get("loc", ())))
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     return "; ".join(parts)
-
-
-class JobContext:
-    """What a running job sees: its folder, settings, progress/metrics reporting, cancellation."""
-
-    def __init__(self, manager: JobManager, job_id: str, kind: str, config: BaseModel, cancel: threading.Event):
-        self.manager = manager
-        self.job_id = job_id
-        self.kind = kind
-        self.config = config
-        self.settings = manager.settings
-        self.dir = manager.job_dir(job_id)
-        self._cancel = cancel
-
-    # -- reporting ---------------------------------------------------------------------
-    def report(self, step: int, metrics: dict[str, Any], progress: float | None = None) -> None:
-        """One training/eval step: latest metrics on the job, a ``step`` event, a line of
-        ``metrics.jsonl`` in the job folder."""
-        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        record = {"step": step, "time": time.time(), **metrics}
-        path = self.dir / "metrics.jsonl"
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str) + "\n")
-        fields: dict[str, Any] = {"step": step, "metrics": json.dumps(numeric)}
-        if progress is not None:
-            fields["progress"] = min(max(progress, 0.0), 1.0)
-        self.manager._update(self.job_id, fields)
-        self.manager._event(self.job_id, "step", {"step": step, "progress": fields.get("progress"),
-                                                  "metrics": numeric})
-        self.add_artifact("metrics.jsonl")
-
-    def log(self, message: str, **extra: Any) -> None:
-        log.info("job %s: %s", self.job_id, message)
-        self.manager._event(self.job_id, "log", {"message": message, **extra})
-
-    def artifact_path(self, name: str) -> Path:
-        path = (self.dir / name).resolve()
-        if not path.is_relative_to(self.dir.resolve()):
-            raise ValueError(f"artifact name {name!r} leaves the job folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def add_artifact(self, name: str) -> None:
-        self.manager._add_artifact(self.job_id, name)
-
-    # -- cancellation ------------------------------------------------------------------
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def check_cancelled(self) -> None:
-        if self._cancel.is_set():
-            raise JobCancelled(self.job_id)
 
 
 class JobManager:
@@ -212,7 +157,7 @@ class JobManager:
         pipe.hset(self._key(job_id), mapping=record)
         pipe.zadd(f"{self.prefix}:jobs", {job_id: now})
         pipe.execute()
-        self._event(job_id, "state", {"state": "queued"})
+        self.event(job_id, "state", {"state": "queued"})
         self._schedule(job_id)
         return job_id
 
@@ -301,7 +246,7 @@ class JobManager:
             self._set_state(job_id, "failed", error=f"kind '{data['kind']}' is not available on this trainer")
             return
         config = spec.config.model_validate_json(data["config"])
-        ctx = JobContext(self, job_id, data["kind"], config, cancel)
+        ctx = JobContext(self, job_id, data["kind"], config, self.settings, self.job_dir(job_id), cancel)
         if self.settings.torch_threads:
             import torch
 
@@ -320,37 +265,35 @@ class JobManager:
             current = json.loads(self.redis.hget(self._key(job_id), "metrics") or "{}")
             current.update({k: float(v) for k, v in final.items() if isinstance(v, int | float)})
             fields["metrics"] = json.dumps(current)
-        self._update(job_id, fields)
+        self.update(job_id, fields)
         ended: JobState = "succeeded"
         if cancel.is_set():
             ended = "interrupted" if self._stopping.is_set() else "cancelled"
         self._set_state(job_id, ended)
 
-    # -- Redis writes ----------------------------------------------------------------------------
-    def _update(self, job_id: str, fields: dict[str, Any]) -> None:
+    # -- Redis writes (the JobStore a JobContext reports through) ----------------------------------------------------------------------------
+    def update(self, job_id: str, fields: dict[str, Any]) -> None:
         self.redis.hset(self._key(job_id), mapping={**fields, "updated_at": time.time()})
 
     def _set_state(self, job_id: str, state: JobState, error: str | None = None) -> None:
         fields: dict[str, Any] = {"state": state}
         if error is not None:
             fields["error"] = error
-        self._update(job_id, fields)
+        self.update(job_id, fields)
         payload: dict[str, Any] = {"state": state}
         if error:
             payload["error"] = error
-        self._event(job_id, "state", payload)
+        self.event(job_id, "state", payload)
 
-    def _event(self, job_id: str, kind: str, payload: dict[str, Any]) -> None:
+    def event(self, job_id: str, kind: str, payload: dict[str, Any]) -> None:
         data = json.dumps({"type": kind, "time": time.time(), **payload}, default=str)
         self.redis.xadd(self._events_key(job_id), {"data": data}, maxlen=self.settings.events_maxlen,
                         approximate=True)
 
-    def _add_artifact(self, job_id: str, name: str) -> None:
+    def add_artifact(self, job_id: str, name: str) -> None:
         with self._lock:
             current = json.loads(self.redis.hget(self._key(job_id), "artifacts") or "[]")
             if name not in current:
                 current.append(name)
                 self.redis.hset(self._key(job_id), "artifacts", json.dumps(current))
 
-
-RunFn = Callable[[JobContext], dict[str, Any] | None]

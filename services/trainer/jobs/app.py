@@ -1,4 +1,4 @@
-"""Trainer HTTP API (DESIGN.md §3): routes only; the work is in :mod:`services.trainer.engine`.
+"""Trainer HTTP API (DESIGN.md §3): routes only; the work is in :mod:`services.trainer.jobs.manager`.
 
     POST /jobs {"kind", "config"} -> {"id"}     GET /jobs      GET /jobs/{id}
     GET /jobs/{id}/events  (server-sent events)  POST /jobs/{id}/cancel
@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from services.trainer.config import TrainerSettings
-from services.trainer.engine import JobError, JobManager
+from services.trainer.jobs.manager import JobError, JobManager
 from shared.schemas import JobCreated, JobList, JobStatus, JobSubmit
 from shared.service import ServiceError, create_app
 

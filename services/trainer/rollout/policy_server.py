@@ -5,7 +5,7 @@ log-probs back (``WORKER_LLM__BACKEND=openai``). This server answers the same re
 with the embedded model (or a checkpoint), so the remote-generation path runs, and is tested,
 without a GPU; concurrent requests are coalesced into one batched decode.
 
-    POLICY_MODEL=smollm2 POLICY_PORT=30000 python -m services.trainer.policy_server
+    POLICY_MODEL=smollm2 POLICY_PORT=30000 python -m services.trainer.rollout.policy_server
 
 Request (SGLang): ``{"input_ids": [...], "sampling_params": {"max_new_tokens", "temperature",
 "top_p", "stop"}, "return_logprob": true}``; response: ``{"text", "output_ids", "meta_info":

@@ -5,7 +5,7 @@ ZeroSearch asks an LLM to play "the Google search engine" and write documents fo
 trained on is put into the prompt. The number of documents and the words per document are
 parameters here, not literals. The output format line asks for one document per line as
 ``Doc <n> (Title: <title>) <text>`` (Search-R1's observation format), which
-:func:`services.simulator.documents.parse_documents` reads back and the fine-tuning targets use.
+:func:`shared.simulation.documents.parse_documents` reads back and the fine-tuning targets use.
 
     messages = render("zerosearch", "useful", query="capital of France", k=3, words=30,
                       question="What is the capital of France?", gold=["Paris"])

@@ -1,6 +1,6 @@
 """A rollout worker: takes episodes off the Redis queue, runs them in batches, writes their results.
 
-    python -m services.trainer.worker          # configured by WORKER_* env vars (worker_config.py)
+    python -m services.trainer.rollout.worker          # configured by WORKER_* env vars (worker_config.py)
 
 Any number of workers, on any host, share the ``workers`` consumer group. Each loop:
 check the published policy (reload the local model when its version moved) -> claim up to
@@ -23,10 +23,10 @@ from types import FrameType
 
 import redis
 
-from services.trainer.agent import AgentRunner
-from services.trainer.queue import Delivery, EpisodeQueue
-from services.trainer.search import SearchEndpoints, SearchRegistry
-from services.trainer.worker_config import WorkerSettings
+from services.trainer.rollout.agent import AgentRunner
+from services.trainer.rollout.queue import Delivery, EpisodeQueue
+from services.trainer.rollout.search import SearchEndpoints, SearchRegistry
+from services.trainer.rollout.settings import WorkerSettings
 from shared.client import JudgeClient
 from shared.llm import LLMBackend, get_backend
 

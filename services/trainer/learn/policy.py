@@ -1,41 +1,41 @@
-"""Supervised fine-tuning on trajectories (``local`` engine), and the policy helpers RL shares.
+"""The policy as training sees it: load, freeze, pad, token log-probs, masked NLL, checkpoints, and the
+one supervised training loop that SFT of the agent and SFT of the search simulator both run.
 
-Loss only on the policy's own tokens: each record is tokenized into ``(input_ids, loss_mask)``
-(``services.trainer.data.records.tokenize_sft_record`` for RAMP cold-start records and QA
-trajectories alike), and the cross-entropy is averaged over the tokens whose mask is 1, over the
-whole accumulated batch (so gradient accumulation gives the same update as one big batch).
-Observation blocks (``<information>``), the prompt and padding have mask 0.
+Tensors: a batch is right-padded ``(input_ids, attention_mask, loss_mask)``, each ``(batch, len)``;
+``loss_mask[b, t] = 1`` when token ``t`` of row ``b`` is a target (a policy token; 0 on the prompt,
+observations and padding). Position ``t - 1`` predicts token ``t``, so the log-probs of a batch are
+``(batch, len - 1)`` and line up with ``loss_mask[:, 1:]``.
 
-The result is a checkpoint folder (``model.safetensors`` + config + tokenizer) that the rollout
-workers, ``LocalBackend`` and any HF-compatible server (``transformers serve``) load as is.
+One optimizer step of :func:`train_supervised` (``grad_accum`` micro-batches)::
 
-    job config: {"data": ["/path/records.jsonl"], "model": "smollm2", "epochs": 1, "lr": 2e-5}
+    n_tokens = sum of loss_mask[:, 1:] over the whole step
+    for each micro-batch: loss = -(log p(targets) * mask).sum() / n_tokens ; loss.backward()
+    clip grad norm -> AdamW step -> LR schedule (linear warm-up, linear decay to ``lr_floor`` x lr)
+
+so gradient accumulation gives the same update as one big batch.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from shared.config import hf_offline
 
 if TYPE_CHECKING:
     import torch
 
-    from services.trainer.engine import JobContext
-
-log = logging.getLogger(__name__)
-
 Tokenized = tuple[list[int], list[int]]  # (input_ids, loss_mask)
+TrainDtype = Literal["float32", "bfloat16"]
 
 
 class OptimSpec(BaseModel):
@@ -48,34 +48,7 @@ class OptimSpec(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0.0)
 
 
-class SFTConfig(BaseModel):
-    """A ``sft`` job."""
-
-    data: list[str] = Field(min_length=1)  # JSONL files of SFT records (see module docstring)
-    model: str = "smollm2"  # embedded name or a checkpoint folder to start from
-    epochs: float = Field(default=1.0, gt=0.0)  # passes over the data (fractional: a prefix of the last)
-    max_steps: int | None = Field(default=None, ge=1)  # optimizer steps cap (None: from epochs)
-    micro_batch_size: int = Field(default=4, ge=1)  # sequences per forward/backward
-    grad_accum: int = Field(default=4, ge=1)  # micro-batches per optimizer step
-    max_length: int = Field(default=1024, ge=16)  # tokens per record
-    train_layers: int | None = Field(default=None, ge=1)  # train only the top N blocks (None: every weight)
-    drop_longer: bool = True  # drop longer records (True) or truncate them (False: loses their final answer)
-    limit: int | None = Field(default=None, ge=1)  # use only the first N records of all files
-    optim: OptimSpec = Field(default_factory=OptimSpec)
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # bf16 autocast for forward/backward (fp32 weights)
-    seed: int = 0
-    checkpoint_name: str = "checkpoint"  # folder under the job dir
-
-    @field_validator("data")
-    @classmethod
-    def _files_exist(cls, v: list[str]) -> list[str]:
-        missing = [p for p in v if not Path(p).is_file()]
-        if missing:
-            raise ValueError(f"no such file: {', '.join(missing)}")
-        return v
-
-
-# --------------------------------------------------------------------------- policy helpers (SFT and RL)
+# --------------------------------------------------------------------------- model
 
 
 def load_policy(model: str, trainable: bool = True, train_layers: int | None = None) -> tuple[Any, Any]:
@@ -123,8 +96,6 @@ def save_checkpoint(model: Any, tokenizer: Any, path: Path) -> Path:
     """A loadable HF folder: safetensors weights, config, generation config, tokenizer.
 
     Written to a temporary sibling and renamed, so a reader never sees half a checkpoint."""
-    import shutil
-
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
@@ -140,6 +111,9 @@ def autocast(dtype: str) -> Any:
     if dtype == "bfloat16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
+
+
+# --------------------------------------------------------------------------- batches and log-probs
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], pad_id: int) -> tuple[
@@ -201,127 +175,96 @@ def masked_nll(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return -(logp * loss_mask[:, 1:]).sum() / n_tokens
 
 
-# --------------------------------------------------------------------------- records
+# --------------------------------------------------------------------------- the supervised loop
 
 
-def sft_tokenizer() -> Callable[[dict[str, Any], Any], Tokenized]:
-    """The project's one record -> (ids, loss mask) function (services.trainer.data.records)."""
-    from services.trainer.data.records import tokenize_sft_record
+@dataclass
+class LoopSpec:
+    """How :func:`train_supervised` walks the examples."""
 
-    return tokenize_sft_record
+    steps: int  # optimizer steps
+    micro_batch_size: int  # sequences per forward/backward
+    grad_accum: int = 1  # micro-batches per optimizer step
+    dtype: TrainDtype = "bfloat16"  # autocast for forward/backward (weights stay fp32)
+    lr_floor: float = 0.05  # the decay ends at this fraction of the peak learning rate
+    seed: int = 0
 
-
-def load_records(paths: Sequence[str], limit: int | None = None) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            records.extend(json.loads(line) for line in f if line.strip())
-    return records[:limit] if limit is not None else records
-
-
-def truncate(ids: list[int], mask: list[int], max_length: int) -> Tokenized:
-    return ids[:max_length], mask[:max_length]
+    @property
+    def per_step(self) -> int:
+        return self.micro_batch_size * self.grad_accum
 
 
-# --------------------------------------------------------------------------- training
+@dataclass
+class LoopReport:
+    steps: int = 0
+    tokens: int = 0  # target tokens trained on
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    last: dict[str, float] = field(default_factory=dict)  # the last step's metrics
 
 
-def train_sft(config: SFTConfig, out_dir: Path,
-              on_step: Callable[[int, int, dict[str, float]], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Fine-tune ``config.model`` on ``config.data``; returns the final metrics and checkpoint path."""
+def steps_for(examples: int, epochs: float, per_step: int) -> int:
+    """Optimizer steps for ``epochs`` passes over ``examples`` (at least one)."""
+    return max(1, math.ceil(examples * epochs / per_step))
+
+
+def train_supervised(model: Any, tokenizer: Any, examples: Sequence[Tokenized], spec: LoopSpec, optim: OptimSpec,
+                     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> LoopReport:
+    """Masked-NLL training of ``model`` on ``examples`` (see the module docstring); the model stays in place.
+
+    Examples are visited in shuffled epochs, one after the other (a step may span two epochs).
+    ``on_step(step, total, metrics)`` runs after every optimizer step (it may raise to stop);
+    ``should_stop()`` is asked before each step.
+    """
     import torch
 
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_policy(config.model, train_layers=config.train_layers)
-    tokenize = sft_tokenizer()
-    examples: list[Tokenized] = []
-    dropped = 0
-    for record in load_records(config.data, config.limit):
-        ids, mask = tokenize(record, tokenizer)
-        if len(ids) > config.max_length and config.drop_longer:
-            dropped += 1
-            continue
-        ids, mask = truncate(ids, mask, config.max_length)
-        if sum(mask[1:]) > 0:
-            examples.append((ids, mask))
-    log.info("sft: %d examples (%d longer than %d tokens dropped)", len(examples), dropped, config.max_length)
     if not examples:
-        raise ValueError("no SFT record has a trainable (loss-mask 1) token")
-    per_step = config.micro_batch_size * config.grad_accum
-    total_steps = config.max_steps or max(1, math.ceil(len(examples) * config.epochs / per_step))
+        raise ValueError("no training example has a target (loss-mask 1) token")
+    rng = random.Random(spec.seed)
     order: list[int] = []
-    while len(order) < total_steps * per_step:
+    while len(order) < spec.steps * spec.per_step:
         epoch = list(range(len(examples)))
-        random.shuffle(epoch)
+        rng.shuffle(epoch)
         order.extend(epoch)
 
     trained = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(trained, lr=config.optim.lr, betas=config.optim.betas,
-                              weight_decay=config.optim.weight_decay)
-    warm = config.optim.warmup_steps
+    optimizer = torch.optim.AdamW(trained, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    warm, total = optim.warmup_steps, spec.steps
 
     def lr_at(step: int) -> float:
         if warm and step < warm:
             return (step + 1) / warm
-        return max(0.05, 1.0 - (step - warm) / max(1, total_steps - warm))
+        return max(spec.lr_floor, 1.0 - (step - warm) / max(1, total - warm))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     pad_id = int(tokenizer.pad_token_id)
-    metrics: dict[str, float] = {}
+    report = LoopReport()
     started = time.monotonic()
-    trained_tokens = 0
-    for step in range(total_steps):
+    model.train()
+    for step in range(total):
         if should_stop is not None and should_stop():
             break
-        batch = [examples[i] for i in order[step * per_step:(step + 1) * per_step]]
+        batch = [examples[i] for i in order[step * spec.per_step:(step + 1) * spec.per_step]]
         n_tokens = sum(sum(m[1:]) for _, m in batch)  # the loss is a mean over every trained token of the step
         loss_sum = 0.0
-        optim.zero_grad(set_to_none=True)
-        for start in range(0, len(batch), config.micro_batch_size):
-            micro = batch[start:start + config.micro_batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        for start in range(0, len(batch), spec.micro_batch_size):
+            micro = batch[start:start + spec.micro_batch_size]
             input_ids, attn, loss_mask = pad_batch([s for s, _ in micro], [m for _, m in micro], pad_id)
-            with autocast(config.dtype):
+            with autocast(spec.dtype):
                 loss = masked_nll(model, input_ids, attn, loss_mask, n_tokens)
             loss.backward()
             loss_sum += float(loss.detach())
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
-        optim.step()
-        sched.step()
-        trained_tokens += n_tokens
-        elapsed = time.monotonic() - started
-        metrics = {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": float(sched.get_last_lr()[0]),
-                   "tokens": float(n_tokens), "tokens_per_s": trained_tokens / max(elapsed, 1e-9)}
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        report.steps, report.tokens = step + 1, report.tokens + n_tokens
+        report.losses.append(loss_sum)
+        report.seconds = time.monotonic() - started
+        report.last = {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": float(schedule.get_last_lr()[0]),
+                       "tokens": float(n_tokens), "tokens_per_s": report.tokens / max(report.seconds, 1e-9)}
         if on_step is not None:
-            on_step(step + 1, total_steps, metrics)
+            on_step(step + 1, total, report.last)
     model.eval()
-    path = save_checkpoint(model, tokenizer, out_dir / config.checkpoint_name)
-    return {**metrics, "examples": len(examples), "dropped_long": dropped, "steps": total_steps,
-            "checkpoint": str(path)}
-
-
-def run_sft_job(ctx: JobContext) -> dict[str, Any]:
-    config = ctx.config
-    assert isinstance(config, SFTConfig)
-
-    def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
-        ctx.report(step, metrics, progress=step / total)
-
-    result = train_sft(config, ctx.dir, on_step=on_step, should_stop=ctx.cancelled)
-    ctx.check_cancelled()
-    register_checkpoint(ctx, config.checkpoint_name)
-    write_result(ctx, result)
-    return {k: v for k, v in result.items() if isinstance(v, int | float)}
-
-
-def register_checkpoint(ctx: JobContext, name: str) -> None:
-    for file in sorted((ctx.dir / name).iterdir()):
-        if file.is_file():
-            ctx.add_artifact(f"{name}/{file.name}")
-
-
-def write_result(ctx: JobContext, result: dict[str, Any]) -> None:
-    """``result.json``: what the job produced (checkpoint path, files), for the next job to use."""
-    ctx.artifact_path("result.json").write_text(json.dumps(result, indent=2, default=str))
-    ctx.add_artifact("result.json")
+    return report

@@ -1,7 +1,7 @@
 """Evaluation harness: run methods over QA datasets through the episode queue and compare them.
 
     searchlab eval --dataset hotpotqa --dataset 2wiki --methods direct,rag,agent --n 200 --out DIR [--json]
-    python -m services.trainer.evaluate ...   (the same)
+    python -m services.trainer.eval.harness ...   (the same)
 
 A dataset is a name (its ``eval`` part of ``<data>/<name>/dev.jsonl``, the project's fixed split) or
 a path to any JSONL of the same schema (taken whole). Methods, all with the same model and retriever
@@ -34,10 +34,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from services.trainer.queue import EpisodeQueue
+from services.trainer.rollout.queue import EpisodeQueue
 from shared.config import cache_dir
 from shared.data import canonical_name, load_questions
 from shared.metrics import gold_answers
+from shared.processes import Proc, spawn
 from shared.schemas import (
     EpisodeRequest,
     EpisodeResult,
@@ -45,7 +46,6 @@ from shared.schemas import (
     EpisodeSampling,
     SearchBackendName,
 )
-from shared.testing import Proc, spawn
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def run_eval(datasets: Sequence[str], methods: Sequence[str], redis_url: str, ou
 
 def start_workers(count: int, redis_url: str, env: dict[str, str], log_dir: Path) -> list[Proc]:
     """Local rollout workers for one run (``--workers N``); stop them with ``Proc.stop()``."""
-    return [spawn(f"eval-worker-{i}", [sys.executable, "-m", "services.trainer.worker"],
+    return [spawn(f"eval-worker-{i}", [sys.executable, "-m", "services.trainer.rollout.worker"],
                   env={**env, "WORKER_REDIS_URL": redis_url, "WORKER_NAME": f"eval-worker-{i}"}, log_dir=log_dir)
             for i in range(count)]
 
@@ -236,7 +236,7 @@ def _redis_url(arg: str | None) -> str:
         return arg
     if os.environ.get("SEARCHLAB_REDIS_URL"):
         return os.environ["SEARCHLAB_REDIS_URL"]
-    from services.cluster import load_state
+    from shared.local_cluster import load_state
 
     state = load_state()
     if state is None or "redis" not in state.urls:

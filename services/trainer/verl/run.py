@@ -6,7 +6,7 @@ It writes what verl needs and launches ``verl.trainer.main_ppo`` on a Ray cluste
   chat list, ``ability``, ``reward_model.ground_truth``, ``extra_info.tools_kwargs``);
 - a tool config pointing verl's stock Search-R1-style ``SearchTool`` at our retriever (or the
   simulator's ``/retrieve`` facade; both speak the same format);
-- our reward function (:mod:`services.trainer.verl_reward`) as verl's custom reward, with the
+- our reward function (:mod:`services.trainer.verl.reward`) as verl's custom reward, with the
   judge service for ``metric="llm"``;
 - the hydra overrides for GRPO or DAPO, composed against verl's own config tree and checked
   by verl's own config dataclasses before anything is launched.
@@ -17,7 +17,7 @@ the DAPO reward manager's overlong penalty; the local engine implements dynamic 
 
 Composing and validating run on CPU (tested); launching needs GPUs and Ray.
 
-    python -m services.trainer.verl_engine --out run/ --model Qwen/Qwen2.5-7B-Instruct \
+    python -m services.trainer.verl.run --out run/ --model Qwen/Qwen2.5-7B-Instruct \
         --retriever-url http://retriever:8001 --algorithm grpo [--dry-run]
 """
 
@@ -40,7 +40,7 @@ from shared.protocol import get_template
 
 log = logging.getLogger(__name__)
 
-REWARD_FN_PATH = Path(__file__).with_name("verl_reward.py")
+REWARD_FN_PATH = Path(__file__).with_name("reward.py")
 SEARCH_TOOL_CLASS = "verl.tools.search_tool.SearchTool"
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.metrics import normalize_answer
+from shared.schemas import Hit
 
 
 @dataclass
@@ -164,3 +165,8 @@ def window_around(text: str, max_words: int, answers: Sequence[str] = ()) -> str
                 start = max(0, min(i - (max_words - len(target)) // 2, len(words) - max_words))
                 return " ".join(words[start:start + max_words])
     return " ".join(words[:max_words])
+
+
+def hit_to_doc(hit: Hit) -> Doc:
+    title, _, text = hit.document.contents.partition("\n")
+    return Doc(title=title.strip().strip('"'), text=" ".join(text.split()), id=hit.document.id, score=hit.score)

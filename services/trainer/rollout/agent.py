@@ -34,7 +34,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from services.trainer.search import SearchOutcome, SearchQuery, SearchRegistry
+from services.trainer.rollout.search import SearchOutcome, SearchQuery, SearchRegistry
 from shared.client import JudgeClient, ServiceCallError
 from shared.llm import Generation, LLMBackend, SamplingParams
 from shared.metrics import METRICS, best_match

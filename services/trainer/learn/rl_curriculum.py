@@ -3,7 +3,7 @@
 - **RAMP mask count** (MaskSearch): training moves through stages of 1, 2, 3, 4 masked spans per
   passage; stage ``k`` covers an equal share of the steps (or explicit ``stage_steps``). The
   sampler that picks RAMP samples of a stage lives with the RAMP data (``services.trainer.data``).
-- **Search noise** (ZeroSearch): ``p_noise(step)`` from :func:`shared.curriculum.p_noise`, sent
+- **Search noise** (ZeroSearch): ``p_noise(step)`` from :func:`shared.noise_schedule.p_noise`, sent
   with every simulated search; the search backend is the retriever, the simulator, or a mix
   (each episode uses the real retriever with probability ``real_fraction``).
 """
@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from shared.curriculum import p_noise
+from shared.noise_schedule import p_noise
 
 BackendChoice = Literal["retriever", "simulator", "mix"]
 

@@ -5,12 +5,12 @@ the rollout workers, and the trajectories whose answer is judged correct become 
                  "n": 100, "keep": "judge"}
     then:       {"kind": "sft", "config": {"data": [<result.json "records">]}}
 
-1. **Prompts** (:func:`services.trainer.rl.load_prompts`, as RL reads them): questions of a QA set's
+1. **Prompts** (:func:`services.trainer.learn.rl.load_prompts`, as RL reads them): questions of a QA set's
    ``train`` part (never ``eval``) or RAMP samples; the first ``n``.
 2. **Episodes**: ``n x samples_per_prompt`` ``agent`` episodes on the episode queue, each with
    ``model=<teacher>`` (the workers load the teacher next to their policy; the published policy is
    left alone), sampled at ``temperature``, with the episode settings of RL
-   (:class:`services.trainer.rl.EpisodeSpec`: turns, token budgets, top-k, ``max_new_tokens``).
+   (:class:`services.trainer.learn.rl.EpisodeSpec`: turns, token budgets, top-k, ``max_new_tokens``).
 3. **Filter** (:func:`keeps`): a trajectory is kept only when it ended with a closed answer block and
    its answer scores at least ``min_score``: the LLM judge's score (the episode's answer reward with
    metric ``llm``, scored by the workers' judge) or a rule metric of :mod:`shared.metrics` (the
@@ -34,8 +34,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.trainer.data.records import Segment, SegmentRole, SFTRecord, validate_record, write_records
-from services.trainer.queue import EpisodeQueue
-from services.trainer.rl import EpisodeSpec, Prompt, PromptSource, load_prompts
+from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSource, load_prompts
+from services.trainer.rollout.queue import EpisodeQueue
 from shared.models import check_model_name
 from shared.protocol import get_template, last_action
 from shared.schemas import EpisodeRequest, EpisodeResult

@@ -6,12 +6,16 @@
    URL, by the same metric in-process (:mod:`shared.metrics`). An example is (the simulator prompt
    of that label for the question, the documents as the simulator should write them).
 2. **SFT** (:func:`sft`): causal-LM loss on the document tokens only (the prompt is masked out),
-   AdamW with warm-up and linear decay, bf16 autocast on CPU. The result is a model folder
+   AdamW with warm-up and linear decay, bf16 autocast on CPU: the same loop as the agent's SFT
+   (:func:`services.trainer.learn.policy.train_supervised`). The result is a model folder
    (weights + tokenizer) that the service loads with ``SIMULATOR_LLM__MODEL=<folder>``.
 
-    python -m services.simulator finetune --retriever-url http://127.0.0.1:8001 --limit 100 \\
+    searchlab simulator finetune --retriever-url http://127.0.0.1:8001 --limit 100 \\
         --out .cache/searchlab/models/simulator-sft
-    python -m services.simulator finetune --index-dir <retriever index> --limit 100 --out DIR
+    searchlab simulator finetune --examples train_examples.jsonl --out DIR   # examples of an earlier run
+
+Retrieval is over HTTP (:class:`shared.client.RetrieverClient`): the trainer never loads another
+service's index in-process.
 
 Questions come from the *train* part of the project's split (:func:`shared.data.load_split`).
 """
@@ -21,20 +25,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from services.simulator.documents import Doc, format_target, window_around
-from services.simulator.engine import Searcher, hit_to_doc
-from services.simulator.prompts import render
+from services.trainer.learn.policy import (
+    LoopSpec,
+    OptimSpec,
+    Tokenized,
+    load_policy,
+    save_checkpoint,
+    steps_for,
+    train_supervised,
+)
 from shared.client import JudgeClient
 from shared.metrics import best_match
 from shared.schemas import Hit, Quality, SearchMode
+from shared.simulation.documents import Doc, format_target, hit_to_doc, window_around
+from shared.simulation.prompts import render
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,12 @@ class SimExample:
 
     def target(self) -> str:
         return format_target([Doc(d["title"], d["text"]) for d in self.documents])
+
+
+class Searcher(Protocol):
+    """Real retrieval as the examples see it: :class:`shared.client.RetrieverClient` fits."""
+
+    def retrieve(self, queries: list[str], topk: int | None = None, mode: SearchMode | None = None) -> list[list[Hit]]: ...
 
 
 class Labeller(Protocol):
@@ -87,19 +102,6 @@ class JudgeLabeller:
             body = [{"question": q, "gold": g, "prediction": p} for q, g, p in chunk]
             out += [s > 0 for s in self.client.judge(body, method="cover_em").scores]
         return out
-
-
-class EngineSearcher:
-    """An in-process :class:`services.retriever.engine.Retriever` seen as a :class:`Searcher`."""
-
-    def __init__(self, retriever: Any):
-        self.retriever = retriever
-
-    def retrieve(self, queries: list[str], topk: int | None = None, mode: SearchMode | None = None) -> list[list[Hit]]:
-        kwargs: dict[str, Any] = {"topk": topk or 5}
-        if mode is not None:
-            kwargs["mode"] = mode
-        return list(self.retriever.search(queries, **kwargs))
 
 
 def build_examples(rows: Sequence[dict[str, Any]], searcher: Searcher, labeller: Labeller, k: int = 5,
@@ -180,14 +182,14 @@ class FinetuneReport:
     seconds: float
 
 
-def _tokenize(example: SimExample, tokenizer: Any, config: FinetuneConfig) -> tuple[list[int], list[int]]:
-    """Input ids and labels: -100 on the prompt, the document tokens (+ end of turn) as targets."""
+def _tokenize(example: SimExample, tokenizer: Any, config: FinetuneConfig) -> Tokenized:
+    """Input ids and loss mask: 0 on the prompt, 1 on the document tokens (+ end of turn), the targets."""
     prompt_text = tokenizer.apply_chat_template(example.messages(config.template, config.words),
                                                 add_generation_prompt=True, tokenize=False)
     prompt = list(tokenizer(str(prompt_text), add_special_tokens=False)["input_ids"])
     target = list(tokenizer(example.target(), add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
     target = target[: max(1, config.max_len - len(prompt))]
-    return prompt + target, [-100] * len(prompt) + target
+    return prompt + target, [0] * len(prompt) + [1] * len(target)
 
 
 def sft(records: Sequence[SimExample], base_model: str | Path, out_dir: str | Path,
@@ -197,78 +199,29 @@ def sft(records: Sequence[SimExample], base_model: str | Path, out_dir: str | Pa
 
     ``on_step(step, total_steps, loss)`` is called after each optimizer step (progress; it may raise to stop)."""
     import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from shared.config import hf_offline
-    from shared.models import resolve
 
     config = config or FinetuneConfig()
     if not records:
         raise ValueError("no fine-tuning examples")
-    hf_offline()
     torch.manual_seed(config.seed)
-    path = resolve(str(base_model))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    model.train()
-
+    model, tokenizer = load_policy(str(base_model))
     data = [_tokenize(r, tokenizer, config) for r in records]
-    steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    warmup = max(1, int(config.warmup_ratio * total))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
-    rng = random.Random(config.seed)
-    losses: list[float] = []
-    trained = 0
-    start = time.perf_counter()
-    pad = int(tokenizer.pad_token_id)
-    with tqdm(total=total, desc="simulator sft", unit="step") as bar:
-        for _ in range(config.epochs):
-            order = list(range(len(data)))
-            rng.shuffle(order)
-            for s in range(0, len(order), config.batch_size):
-                batch = [data[i] for i in order[s:s + config.batch_size]]
-                width = max(len(ids) for ids, _ in batch)
-                # (B, T) right-padded; padding is neither attended to nor trained on
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                labels = torch.full((len(batch), width), -100, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, (ids, lab) in enumerate(batch):
-                    input_ids[row, : len(ids)] = torch.tensor(ids)
-                    labels[row, : len(lab)] = torch.tensor(lab)
-                    mask[row, : len(ids)] = 1
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                    logits = model(input_ids=input_ids, attention_mask=mask).logits  # (B, T, V)
-                # token-mean loss over document tokens: position t predicts token t+1
-                loss = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                losses.append(float(loss.detach()))
-                trained += int((labels[:, 1:] != -100).sum())
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                if on_step is not None:
-                    on_step(len(losses), total, losses[-1])
+    total = steps_for(len(data), config.epochs, config.batch_size)
+    spec = LoopSpec(steps=total, micro_batch_size=config.batch_size, dtype="bfloat16" if config.bf16 else "float32",
+                    lr_floor=0.0, seed=config.seed)
+    optim = OptimSpec(lr=config.lr, weight_decay=config.weight_decay, max_grad_norm=config.grad_clip,
+                      warmup_steps=max(1, int(config.warmup_ratio * total)))
+    loop = train_supervised(model, tokenizer, data, spec, optim,
+                            on_step=(lambda step, n, m: on_step(step, n, m["loss"])) if on_step else None)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, tokenizer, out)
     save_examples(records, out / "train_examples.jsonl")
     useful = sum(r.quality == "useful" for r in records)
     report = FinetuneReport(out_dir=str(out), examples=len(records), useful=useful, noisy=len(records) - useful,
-                            steps=len(losses), tokens_trained=trained, first_loss=losses[0], last_loss=losses[-1],
-                            losses=losses, seconds=time.perf_counter() - start)
+                            steps=loop.steps, tokens_trained=loop.tokens, first_loss=loop.losses[0],
+                            last_loss=loop.losses[-1], losses=loop.losses, seconds=loop.seconds)
     (out / "simulator_sft.json").write_text(json.dumps({"config": asdict(config), "base_model": str(base_model),
                                                         "report": asdict(report)}, indent=2))
     log.info("simulator SFT: %d examples (%d useful), %d steps, loss %.3f -> %.3f, saved to %s",
@@ -280,30 +233,25 @@ def sft(records: Sequence[SimExample], base_model: str | Path, out_dir: str | Pa
 
 
 def _searcher(args: argparse.Namespace) -> Searcher:
-    if args.index_dir:
-        from services.retriever.engine import Retriever
-
-        return EngineSearcher(Retriever.load(Path(args.index_dir)))
     if args.retriever_url:
         from shared.client import RetrieverClient
 
         return RetrieverClient(args.retriever_url, timeout_s=120.0)
-    raise SystemExit("give --retriever-url (a running retriever) or --index-dir (an index folder), "
+    raise SystemExit("give --retriever-url (a running retriever, e.g. `searchlab up`'s) "
                      "or --examples (a JSONL written by an earlier run)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    from services.simulator.config import SimulatorSettings
+    from services.trainer.config import TrainerSettings
     from shared.data import load_split
 
-    p = argparse.ArgumentParser(prog="python -m services.simulator finetune", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="searchlab simulator finetune", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument("--base-model", default="smollm2", help="'smollm2' or a model folder")
     p.add_argument("--dataset", default="hotpotqa", help="QA set whose *train* part gives the questions")
     p.add_argument("--limit", type=int, default=100, help="questions to use")
-    service = SimulatorSettings()  # a cluster's SIMULATOR_RETRIEVER_URL / SIMULATOR_JUDGE_URL are the defaults
+    service = TrainerSettings()  # a cluster's TRAINER_RETRIEVER_URL / TRAINER_JUDGE_URL are the defaults
     p.add_argument("--retriever-url", default=service.retriever_url)
-    p.add_argument("--index-dir", default=None, help="search in-process instead of over HTTP")
     p.add_argument("--judge-url", default=service.judge_url, help="label with the judge service (else shared.metrics)")
     p.add_argument("--examples", type=Path, default=None, help="train on this examples JSONL instead of building")
     p.add_argument("--k", type=int, default=5)
@@ -325,7 +273,19 @@ def main(argv: list[str] | None = None) -> None:
         rows = load_split(args.dataset, "train", args.limit)
         examples = build_examples(rows, _searcher(args), labeller, k=args.k, words=config.words,
                                   sets_per_query=args.sets_per_query)
-    report = sft(examples, args.base_model, args.out, config)
+    from tqdm import tqdm
+
+    bars: list[Any] = []
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="simulator sft", unit="step"))
+        bars[0].update(1)
+        bars[0].set_postfix(loss=f"{loss:.3f}")
+
+    report = sft(examples, args.base_model, args.out, config, on_step=progress)
+    for bar in bars:
+        bar.close()
     log.info("done: %s", json.dumps({k: v for k, v in asdict(report).items() if k != "losses"}))
 
 

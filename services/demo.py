@@ -129,7 +129,7 @@ class Demo:
     # -- report --------------------------------------------------------------------------------
     def report(self, datasets: list[str], sft: dict[str, Any], rl: dict[str, Any],
                evaluation: dict[str, Any]) -> dict[str, Any]:
-        from services.trainer.plots import plot_training
+        from services.trainer.learn.plots import plot_training
 
         self.out.mkdir(parents=True, exist_ok=True)
         methods: dict[str, dict[str, Any]] = {}
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     """``searchlab train <kind> [--config JSON|FILE] [--follow]``: submit one job to the running cluster."""
-    from services import cluster
+    from shared.local_cluster import load_state
 
     parser = argparse.ArgumentParser(prog="searchlab train", description="submit a job to the trainer")
     parser.add_argument("kind", choices=list(get_args(JobKind)))
@@ -250,7 +250,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--follow", action="store_true", help="print the job's events until it ends")
     args = parser.parse_args(argv)
     raw = Path(args.config).read_text() if Path(args.config).is_file() else args.config
-    state = cluster.load_state()
+    state = load_state()
     url = os.environ.get("SEARCHLAB_TRAINER_URL") or (state.urls.get("trainer") if state else None)
     key = os.environ.get("SEARCHLAB_API_KEY") or (state.api_key if state else None)
     if not url:

@@ -27,72 +27,34 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from services.trainer.algos import AlgoSpec, informative_groups, outcome_advantages, overlong, policy_loss
-from services.trainer.curriculum import Curriculum, CurriculumPoint, CurriculumSpec
-from services.trainer.sft import (
+from services.trainer.learn.algos import (
+    AlgoSpec,
+    informative_groups,
+    outcome_advantages,
+    overlong,
+    policy_loss,
+)
+from services.trainer.learn.policy import (
     OptimSpec,
     autocast,
     load_policy,
     pad_batch,
     save_checkpoint,
     token_logprobs,
-    write_result,
 )
+from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSampler, PromptSource, load_prompts
+from services.trainer.learn.rl_curriculum import Curriculum, CurriculumPoint, CurriculumSpec
 from shared.models import resolve
-from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeRewardSpec, EpisodeSampling
-
-if TYPE_CHECKING:
-    from services.trainer.engine import JobContext
+from shared.schemas import EpisodeRequest, EpisodeResult
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- config
-
-
-class PromptSource(BaseModel):
-    """Where RL prompts come from."""
-
-    kind: Literal["qa", "ramp"] = "qa"  # QA questions | RAMP samples (mask-filling, curriculum by mask count)
-    dataset: str = "hotpotqa"  # qa: a shared dataset name; always its train part
-    part: Literal["train"] = "train"  # the eval part is never trained on
-    path: str | None = None  # ramp: the samples JSONL (a ramp job's output); qa: an extra JSONL of QA rows
-    limit: int | None = Field(default=None, ge=1)  # use only the first N prompts
-
-    @field_validator("part", mode="before")
-    @classmethod
-    def _never_eval(cls, v: Any) -> Any:
-        if v != "train":
-            raise ValueError("RL trains only on the 'train' part of the fixed split; eval numbers come from 'eval'")
-        return v
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, v: str) -> str:
-        from shared.data import DATASETS, canonical_name
-
-        try:  # an unknown name is refused at submission, not when the job loads its prompts
-            canonical_name(v)
-        except ValueError:
-            raise ValueError(f"unknown dataset '{v}'; valid: {', '.join(DATASETS)} (a QA file goes in 'path')") from None
-        return v
-
-
-class EpisodeSpec(BaseModel):
-    """How each rollout runs (copied into every EpisodeRequest)."""
-
-    template: str = "search_r1"
-    max_turns: int = Field(default=2, ge=1)
-    max_total_tokens: int = Field(default=384, ge=16)
-    obs_max_tokens: int = Field(default=160, ge=8)
-    topk: int = Field(default=3, ge=1, le=50)
-    sampling: EpisodeSampling = Field(default_factory=lambda: EpisodeSampling(max_new_tokens=64, temperature=1.0))
-    reward: EpisodeRewardSpec = Field(default_factory=lambda: EpisodeRewardSpec(kind="hybrid", metric="f1",
-                                                                                format_weight=0.2))
 
 
 class RLConfig(BaseModel):
@@ -129,76 +91,16 @@ class RLConfig(BaseModel):
         return self
 
 
-# --------------------------------------------------------------------------- prompts
-
-
-class Prompt(BaseModel):
-    """One RL prompt: a question (or pre-built RAMP messages) and its gold answers."""
-
-    id: str
-    question: str
-    ground_truth: list[str]
-    messages: list[dict[str, str]] | None = None
-    masks: int = 0  # RAMP: masked spans in the passage
-    template: str | None = None
-
-
-def load_prompts(source: PromptSource) -> list[Prompt]:
-    from shared.data import load_questions, load_split
-    from shared.metrics import gold_answers
-
-    if source.kind == "ramp":
-        from services.trainer.data.masking import template_name
-        from services.trainer.data.ramp import load_samples
-
-        prompts = []
-        for s in load_samples(source.path or ""):
-            prompts.append(Prompt(id=s.id, question=s.question, ground_truth=list(s.answers),
-                                  messages=s.messages(), masks=s.num_masks, template=template_name(s.answer_format)))
-        return prompts[:source.limit] if source.limit else prompts
-    rows = load_questions(source.path) if source.path else load_split(source.dataset, "train")
-    prompts = [Prompt(id=str(r["id"]), question=str(r["question"]), ground_truth=gold_answers(r)) for r in rows]
-    return prompts[:source.limit] if source.limit else prompts
-
-
-class PromptSampler:
-    """Cycles through shuffled prompts; RAMP prompts are drawn from the current mask stage."""
-
-    def __init__(self, prompts: Sequence[Prompt], seed: int):
-        if not prompts:
-            raise ValueError("no RL prompts")
-        self.rng = random.Random(seed)
-        self.by_masks: dict[int, list[Prompt]] = defaultdict(list)
-        for p in prompts:
-            self.by_masks[p.masks].append(p)
-        self.cursor: dict[int, int] = defaultdict(int)
-        for bucket in self.by_masks.values():
-            self.rng.shuffle(bucket)
-
-    def take(self, n: int, point: CurriculumPoint) -> list[Prompt]:
-        keys = sorted(self.by_masks)
-        key = point.max_masks if point.max_masks in self.by_masks else (
-            max((k for k in keys if k <= point.max_masks), default=keys[0]))
-        if keys == [0]:
-            key = 0
-        bucket = self.by_masks[key]
-        out = []
-        for _ in range(n):
-            out.append(bucket[self.cursor[key] % len(bucket)])
-            self.cursor[key] += 1
-        return out
-
-
 # --------------------------------------------------------------------------- rollouts
 
 
 class Rollouts:
-    """The episode queue as RL sees it (:class:`services.trainer.queue.EpisodeQueue`): enqueue a
+    """The episode queue as RL sees it (:class:`services.trainer.rollout.queue.EpisodeQueue`): enqueue a
     step's episodes, gather one fresh result per episode (stale ones are re-queued by the queue),
     publish new policy versions to the workers."""
 
     def __init__(self, redis_url: str, job_id: str):
-        from services.trainer.queue import EpisodeQueue
+        from services.trainer.rollout.queue import EpisodeQueue
 
         self.queue = EpisodeQueue(redis_url)
         self.job_id = job_id
@@ -432,26 +334,3 @@ def train_rl(config: RLConfig, job_id: str, out_dir: Path, rollouts: Rollouts,
     shutil.copytree(final, checkpoint)
     return {**metrics, "checkpoint": str(checkpoint), "start_version": start_version,
             "final_version": trainer.version}
-
-
-def run_rl_job(ctx: JobContext) -> dict[str, Any]:
-    from services.trainer.plots import plot_training
-    from services.trainer.sft import register_checkpoint
-
-    config = ctx.config
-    assert isinstance(config, RLConfig)
-
-    def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
-        ctx.report(step, metrics, progress=step / total)
-
-    rollouts = Rollouts(ctx.settings.redis_url, ctx.job_id)
-    try:
-        result = train_rl(config, ctx.job_id, ctx.dir, rollouts, on_step=on_step, should_stop=ctx.cancelled)
-    finally:
-        rollouts.close()
-    ctx.check_cancelled()
-    register_checkpoint(ctx, "checkpoint")
-    plot_training(ctx.dir / "metrics.jsonl", ctx.artifact_path("curves.png"), title=f"RL {ctx.job_id}")
-    ctx.add_artifact("curves.png")
-    write_result(ctx, result)
-    return {k: v for k, v in result.items() if isinstance(v, int | float)}

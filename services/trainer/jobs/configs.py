@@ -1,0 +1,79 @@
+"""Typed configs of the job kinds that wrap a pipeline (validated at ``POST /jobs``: a bad field is a 422).
+
+The kinds that train (``sft``, ``rl``, ``distill``) use their pipeline's own config as is
+(:class:`~services.trainer.learn.sft.SFTConfig`, :class:`~services.trainer.learn.rl.RLConfig`,
+:class:`~services.trainer.learn.distill.DistillConfig`); the ones here add what a job fills in from the
+trainer's settings (service URLs) or from its folder.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.trainer.data.coldstart import ColdStartConfig
+from services.trainer.eval.harness import EvalConfig, parse_method
+from services.trainer.learn.simulator_sft import FinetuneConfig
+from shared.data import DATASETS, canonical_name
+from shared.models import check_model_name
+
+
+class ColdStartJobConfig(ColdStartConfig):
+    retriever_url: str | None = None  # type: ignore[assignment]  # None: the trainer's TRAINER_RETRIEVER_URL
+
+
+class EvalJobConfig(BaseModel):
+    """An ``eval`` job: methods side by side on QA data (names -> their eval part; paths -> whole file)."""
+
+    datasets: list[str] = Field(default_factory=lambda: ["hotpotqa"], min_length=1)
+    methods: list[str] = Field(default_factory=lambda: ["direct", "rag", "agent"], min_length=1)
+    n: int | None = Field(default=200, ge=1)  # first n questions of each dataset (None: all)
+    model: str = "smollm2"  # the workers' policy for direct / rag / agent (published before the run)
+    publish_model: bool = True  # publish ``model`` as the workers' policy first (False: keep the current one)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        for m in v:
+            parse_method(m)
+        return v
+
+
+class SimulatorSFTJobConfig(BaseModel):
+    """A ``simulator_sft`` job: examples from real retrieval, then SFT of the simulator model."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422, not a silent default
+
+    dataset: str = "hotpotqa"  # QA set whose *train* part gives the questions
+    limit: int = Field(default=100, ge=1)  # questions
+    k: int = Field(default=5, ge=1, le=20)  # documents per set
+    sets_per_query: int = Field(default=2, ge=1)  # document sets per question: ranks 1..k, k+1..2k, ...
+    words: int = Field(default=30, ge=4)  # words per document (passages are cut to it; the prompt names it)
+    base_model: str = "smollm2"  # embedded name or a model folder to fine-tune
+    label: Literal["judge", "metric"] | None = None  # useful/noisy by; None: judge if TRAINER_JUDGE_URL, else metric
+    retriever_url: str | None = None  # None: the trainer's TRAINER_RETRIEVER_URL
+    epochs: int = Field(default=1, ge=1)  # passes over the examples
+    lr: float = Field(default=5e-5, gt=0.0, le=1.0)  # AdamW peak learning rate
+    batch_size: int = Field(default=4, ge=1)  # examples per optimizer step
+    max_len: int = Field(default=768, ge=64)  # prompt + target tokens
+    bf16: bool = True  # bf16 autocast on CPU
+    seed: int = 0
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        try:
+            return canonical_name(v)
+        except ValueError:
+            raise ValueError(f"unknown dataset '{v}'; valid: {', '.join(DATASETS)}") from None
+
+    @field_validator("base_model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        return check_model_name(v)
+
+    def finetune_config(self) -> FinetuneConfig:
+        return FinetuneConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, max_len=self.max_len,
+                              bf16=self.bf16, seed=self.seed, words=self.words)

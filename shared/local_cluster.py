@@ -1,0 +1,65 @@
+"""The state file of the local cluster that ``searchlab up`` starts: who is running, where, with which key.
+
+``services/cluster.py`` writes it (``<cache>/cluster/cluster.json``, or ``$SEARCHLAB_CLUSTER_RUN_DIR``);
+clients read it through :func:`load_state` (the notebook SDK's ``Cluster.local()``, ``searchlab eval``,
+``searchlab train``), so nothing outside the entry points imports the launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shared.config import cache_dir
+
+STATE_FILE = "cluster.json"
+
+
+@dataclass
+class ClusterState:
+    run_dir: str
+    urls: dict[str, str] = field(default_factory=dict)  # service name (and "redis") -> URL
+    pids: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+    api_key: str = ""
+    started_at: float = 0.0
+
+    def env(self) -> dict[str, str]:
+        """Environment a client process needs to reach this cluster."""
+        out = {
+            "SEARCHLAB_REDIS_URL": self.urls.get("redis", ""),
+            "SEARCHLAB_RETRIEVER_URL": self.urls.get("retriever", ""),
+            "SEARCHLAB_JUDGE_URL": self.urls.get("judge", ""),
+            "SEARCHLAB_SIMULATOR_URL": self.urls.get("simulator", ""),
+            "SEARCHLAB_TRAINER_URL": self.urls.get("trainer", ""),
+            "SEARCHLAB_API_KEY": self.api_key,
+        }
+        return {k: v for k, v in out.items() if v}
+
+
+def run_dir(configured: Path | None = None) -> Path:
+    """The cluster's folder (logs, state): ``configured``, else ``$SEARCHLAB_CLUSTER_RUN_DIR``, else the cache."""
+    env = os.environ.get("SEARCHLAB_CLUSTER_RUN_DIR")
+    path = configured or (Path(env) if env else cache_dir() / "cluster")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def state_path(configured_run_dir: Path | None = None) -> Path:
+    return run_dir(configured_run_dir) / STATE_FILE
+
+
+def load_state(configured_run_dir: Path | None = None) -> ClusterState | None:
+    """The running local cluster's state, or None when none was started."""
+    path = state_path(configured_run_dir)
+    if not path.is_file():
+        return None
+    return ClusterState(**json.loads(path.read_text()))
+
+
+def save_state(state: ClusterState, configured_run_dir: Path | None = None) -> Path:
+    path = state_path(configured_run_dir)
+    path.write_text(json.dumps(asdict(state), indent=2))
+    return path
