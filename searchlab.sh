@@ -79,6 +79,7 @@ setup() { setup_venv; setup_redis; setup_models; }
 run_tests() {
   say "ruff"; "$VENV/bin/ruff" check .
   say "mypy"; "$VENV/bin/mypy"
+  say "import rules"; "$VENV/bin/lint-imports"
   say "pytest"; "$VENV/bin/pytest" -q -p no:cacheprovider --durations=15 "$@"
 }
 

@@ -1,7 +1,8 @@
-"""Start the simulator service, or fine-tune its model.
+"""Start the simulator service: ``python -m services.simulator`` (settings from ``SIMULATOR_*`` env).
 
-    python -m services.simulator                      # serve (settings from SIMULATOR_* env)
-    python -m services.simulator finetune --out DIR   # build data from real retrieval + SFT (see finetune.py)
+Fine-tuning the simulator's model is training work and lives with the trainer:
+``searchlab simulator finetune ...`` (:mod:`services.trainer.learn.simulator_sft`) or the trainer's
+``simulator_sft`` job kind.
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "finetune":
-        from services.trainer.learn.simulator_sft import main as finetune_main
-
-        finetune_main(argv[1:])
-        return
     if argv:
-        raise SystemExit(f"unknown command {argv[0]!r}; usage: python -m services.simulator [finetune ...]")
+        raise SystemExit(f"unknown argument {argv[0]!r}: python -m services.simulator takes none "
+                         "(fine-tune the simulator with `searchlab simulator finetune`)")
     from services.simulator.app import create_simulator_app
     from services.simulator.config import SimulatorSettings
     from shared.service import serve
