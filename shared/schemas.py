@@ -204,6 +204,15 @@ class EpisodeRewardSpec(BaseModel):
     kind: str = "hybrid"  # reward function name in shared.rewards
 
 
+class PolicyRef(BaseModel):
+    """The policy an episode is generated with, named by the episode itself (no cluster-wide slot):
+    two jobs running at once each get episodes from their own weights."""
+
+    owner: str  # who publishes it: an RL job's id, an eval job's model under test, a distillation teacher
+    version: int = Field(default=0, ge=0)  # moves each time the owner publishes new weights
+    path: str  # the model folder (or embedded name) a worker loads; workers keep an LRU of loaded policies
+
+
 class EpisodeRequest(BaseModel):
     """One trajectory to run, as queued on ``searchlab:episodes``."""
 
@@ -215,8 +224,7 @@ class EpisodeRequest(BaseModel):
     question: str = ""
     messages: list[dict[str, str]] | None = None  # a pre-built prompt (e.g. RAMP); else built from question
     ground_truth: list[str] = Field(default_factory=list)
-    policy_version: int = 0
-    model: str | None = None  # run with this model folder instead of the published policy (eval of a checkpoint)
+    policy: PolicyRef | None = None  # None: the worker's own configured model (WORKER_LLM__MODEL), version 0
     search_backend: SearchBackendName = "retriever"
     p_noise: float | None = Field(default=None, ge=0.0, le=1.0)  # simulator: noisy-document probability
     topk: int = Field(default=3, ge=1, le=50)
@@ -226,6 +234,10 @@ class EpisodeRequest(BaseModel):
     obs_max_tokens: int = Field(default=256, ge=8)  # each <information> block is truncated to this
     reward: EpisodeRewardSpec = Field(default_factory=EpisodeRewardSpec)
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def policy_version(self) -> int:
+        return self.policy.version if self.policy is not None else 0
 
 
 class EpisodeResult(BaseModel):

@@ -44,6 +44,7 @@ from shared.schemas import (
     EpisodeResult,
     EpisodeRewardSpec,
     EpisodeSampling,
+    PolicyRef,
     SearchBackendName,
 )
 
@@ -100,14 +101,18 @@ def job_id_for(config: EvalConfig, method: str) -> str:
     return f"eval-{config.stamp}-{slug}"
 
 
-def build_requests(rows: dict[str, list[dict[str, Any]]], method: str, config: EvalConfig) -> list[EpisodeRequest]:
-    kind, model = parse_method(method)
+def build_requests(rows: dict[str, list[dict[str, Any]]], method: str, config: EvalConfig,
+                   model: str = "smollm2") -> list[EpisodeRequest]:
+    """The episodes of one method; each names its policy: ``model``, or the checkpoint of ``policy:<folder>``."""
+    kind, checkpoint = parse_method(method)
     job = job_id_for(config, method)
+    policy = PolicyRef(owner=job, version=0, path=checkpoint or model)
     sampling = EpisodeSampling(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                seed=config.seed)
     return [
         EpisodeRequest(
-            job_id=job, episode_id=f"{label}:{row['id']}", method=kind, model=model, template=config.template,  # type: ignore[arg-type]
+            job_id=job, episode_id=f"{label}:{row['id']}", method=kind, policy=policy,  # type: ignore[arg-type]
+            template=config.template,
             question=str(row["question"]), ground_truth=gold_answers(row), search_backend=config.search_backend,
             p_noise=config.p_noise, topk=config.topk, sampling=sampling, max_turns=config.max_turns,
             max_total_tokens=config.max_total_tokens, obs_max_tokens=config.obs_max_tokens,
@@ -201,7 +206,7 @@ def run_eval(datasets: Sequence[str], methods: Sequence[str], redis_url: str, ou
     queue = EpisodeQueue(redis_url)
     started = time.monotonic()
     try:
-        jobs = {m: build_requests(rows, m, config) for m in methods}
+        jobs = {m: build_requests(rows, m, config, model) for m in methods}
         for m, reqs in jobs.items():
             added = queue.enqueue(reqs)
             log.info("eval %s: %d episodes queued as job %s", m, added, job_id_for(config, m))
@@ -250,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", action="append", required=True, help="dataset name or JSONL path (repeatable)")
     p.add_argument("--methods", default="direct,rag,agent", help="comma-separated: direct,rag,agent,policy:<dir>")
     p.add_argument("--n", type=int, default=None, help="first N questions of each dataset (default: all)")
+    p.add_argument("--model", default="smollm2", help="the model direct / rag / agent run with (name or folder)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: <cache>/eval/<stamp>)")
     p.add_argument("--redis-url", default=None)
     p.add_argument("--workers", type=int, default=0, help="start N local workers for this run")
@@ -278,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers = start_workers(args.workers, redis_url, env, out / "logs")
     try:
         report = run_eval(args.dataset, [m.strip() for m in args.methods.split(",") if m.strip()], redis_url, out,
-                          args.n, config)
+                          args.n, config, model=args.model)
     finally:
         for w in workers:
             w.stop()

@@ -29,8 +29,7 @@ class EvalJobConfig(BaseModel):
     datasets: list[str] = Field(default_factory=lambda: ["hotpotqa"], min_length=1)
     methods: list[str] = Field(default_factory=lambda: ["direct", "rag", "agent"], min_length=1)
     n: int | None = Field(default=200, ge=1)  # first n questions of each dataset (None: all)
-    model: str = "smollm2"  # the workers' policy for direct / rag / agent (published before the run)
-    publish_model: bool = True  # publish ``model`` as the workers' policy first (False: keep the current one)
+    model: str = "smollm2"  # the model direct / rag / agent run with (every episode names it; workers load it)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @field_validator("methods")

@@ -105,17 +105,9 @@ def run_coldstart_job(ctx: JobContext) -> dict[str, Any]:
 
 def run_eval_job(ctx: JobContext) -> dict[str, Any]:
     from services.trainer.eval.harness import run_eval
-    from services.trainer.rollout.queue import EpisodeQueue
-    from shared.models import resolve
 
     config = ctx.config
     assert isinstance(config, EvalJobConfig)
-    if config.publish_model:
-        queue = EpisodeQueue(ctx.settings.redis_url)
-        try:
-            queue.publish_policy(queue.policy_version() + 1, str(resolve(config.model)))
-        finally:
-            queue.close()
     out = ctx.dir / "eval"
     report = run_eval(config.datasets, config.methods, ctx.settings.redis_url, out, n=config.n, config=config.eval,
                       model=config.model)

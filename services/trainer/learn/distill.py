@@ -8,7 +8,7 @@ the rollout workers, and the trajectories whose answer is judged correct become 
 1. **Prompts** (:func:`services.trainer.learn.rl.load_prompts`, as RL reads them): questions of a QA set's
    ``train`` part (never ``eval``) or RAMP samples; the first ``n``.
 2. **Episodes**: ``n x samples_per_prompt`` ``agent`` episodes on the episode queue, each with
-   ``model=<teacher>`` (the workers load the teacher next to their policy; the published policy is
+   ``policy=<teacher>`` (the workers load the teacher next to their other policies; the published policy is
    left alone), sampled at ``temperature``, with the episode settings of RL
    (:class:`services.trainer.learn.rl.EpisodeSpec`: turns, token budgets, top-k, ``max_new_tokens``).
 3. **Filter** (:func:`keeps`): a trajectory is kept only when it ended with a closed answer block and
@@ -38,7 +38,7 @@ from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSource, lo
 from services.trainer.rollout.queue import EpisodeQueue
 from shared.models import check_model_name
 from shared.protocol import get_template, last_action
-from shared.schemas import EpisodeRequest, EpisodeResult
+from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 
 log = logging.getLogger(__name__)
 
@@ -110,28 +110,14 @@ def build_requests(prompts: Sequence[Prompt], config: DistillConfig, job_id: str
         group = f"{job_id}:{k}"  # prompt ids of a user's JSONL need not be unique; the index is
         for i in range(config.samples_per_prompt):
             out.append(EpisodeRequest(
-                job_id=job_id, episode_id=f"{group}:{i}", group_id=group, method="agent", model=teacher,
+                job_id=job_id, episode_id=f"{group}:{i}", group_id=group, method="agent",
+                policy=PolicyRef(owner=f"{job_id}:teacher", path=teacher),
                 template=prompt.template or spec.template, question=prompt.question, messages=prompt.messages,
                 ground_truth=prompt.ground_truth, topk=spec.topk, sampling=spec.sampling, max_turns=spec.max_turns,
                 max_total_tokens=spec.max_total_tokens, obs_max_tokens=spec.obs_max_tokens, reward=reward,
                 meta={"prompt_id": prompt.id, "prompt_index": k, "sample": i},
             ))
     return out
-
-
-def gather(queue: EpisodeQueue, job_id: str, n: int, timeout_s: float,
-           should_stop: Callable[[], bool] = lambda: False) -> Iterator[list[EpisodeResult]]:
-    """The job's results in batches as they arrive, until ``n`` came (``TimeoutError`` after ``timeout_s``)
-    or ``should_stop()``."""
-    done = 0
-    deadline = time.monotonic() + timeout_s
-    while done < n and not should_stop():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id}: {done}/{n} episode results after {timeout_s:.0f}s ({queue.stats()})")
-        batch = queue.results(job_id, block_ms=1000)
-        if batch:
-            done += len(batch)
-            yield batch
 
 
 # --------------------------------------------------------------------------- filter and records
@@ -243,7 +229,8 @@ def distill(config: DistillConfig, queue: EpisodeQueue, job_id: str, out_dir: Pa
     records: list[SFTRecord] = []
     counts = {"episodes": 0, "answered": 0, "errors": 0, "judge_failed": 0, "unusable": 0}
     with open(out_dir / "episodes.jsonl", "w", encoding="utf-8") as episodes:
-        for batch in gather(queue, job_id, len(requests), config.timeout_s, should_stop):
+        progress = lambda: f"{counts['episodes']}/{len(requests)} episode results ({queue.stats()})"  # noqa: E731
+        for batch in queue.follow(job_id, config.timeout_s, progress, should_stop):
             for result in batch:
                 request, prompt = by_id[result.episode_id]
                 counts["episodes"] += 1
@@ -266,6 +253,8 @@ def distill(config: DistillConfig, queue: EpisodeQueue, job_id: str, out_dir: Pa
                 done = counts["episodes"]
                 on_progress(done, len(requests), {"episodes": float(done), "kept": float(len(records)),
                                                   "keep_rate": len(records) / done})
+            if counts["episodes"] >= len(requests):
+                break
     if counts["judge_failed"]:
         log.warning("distill %s: %d answers were not judged (does every worker have WORKER_JUDGE_URL?); "
                     "they were not kept", job_id, counts["judge_failed"])

@@ -1,6 +1,6 @@
 """RL on the episode queue (``local`` engine): GRPO / DAPO with verl's advantage and loss math.
 
-One step (``v`` = the published policy version)::
+One step (``v`` = this job's policy version; every request names it, so jobs never share a policy slot)::
 
     curriculum(step) -> p_noise, RAMP mask stage
     enqueue batch x n EpisodeRequests (group = one prompt, n samples) with policy_version v
@@ -8,7 +8,7 @@ One step (``v`` = the published policy version)::
     DAPO: drop groups whose rewards are all equal, enqueue fresh prompts to refill
     rewards (+ DAPO overlong penalty) -> GRPO advantages     (algos.outcome_advantages)
     recompute log-probs with grad (micro-batches)  -> loss   (algos.policy_loss, + KL to reference)
-    AdamW step -> checkpoint policy/v{v+1} -> publish v+1   (workers reload and generate with it)
+    AdamW step -> checkpoint policy/v{v+1} -> publish v+1   (the next requests name it; workers load it)
 
 Tensors: ``prompt_ids + response_ids`` per episode, right-padded; the response mask is the
 worker's loss mask (1 on policy tokens, 0 on ``<information>`` observation tokens), the old
@@ -49,7 +49,7 @@ from services.trainer.learn.policy import (
 from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSampler, PromptSource, load_prompts
 from services.trainer.learn.rl_curriculum import Curriculum, CurriculumPoint, CurriculumSpec
 from shared.models import resolve
-from shared.schemas import EpisodeRequest, EpisodeResult
+from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +96,26 @@ class RLConfig(BaseModel):
 
 class Rollouts:
     """The episode queue as RL sees it (:class:`services.trainer.rollout.queue.EpisodeQueue`): enqueue a
-    step's episodes, gather one fresh result per episode (stale ones are re-queued by the queue),
-    publish new policy versions to the workers."""
+    step's episodes, gather one fresh result per episode (stale ones are re-queued by the queue), and
+    the job's current policy, which every request names (workers load it by its folder)."""
 
     def __init__(self, redis_url: str, job_id: str):
         from services.trainer.rollout.queue import EpisodeQueue
 
         self.queue = EpisodeQueue(redis_url)
         self.job_id = job_id
+        self.policy = PolicyRef(owner=job_id, version=0, path="")  # set by the first publish
 
-    def current_version(self) -> int:
-        return self.queue.policy_version()
+    def publish(self, version: int, path: Path) -> PolicyRef:
+        """From now on this job's episodes name ``path`` as their policy, at ``version``."""
+        self.policy = PolicyRef(owner=self.job_id, version=version, path=str(path))
+        return self.policy
 
-    def publish(self, version: int, path: Path) -> None:
-        self.queue.publish_policy(version, str(path))
-
-    def run(self, requests: Sequence[EpisodeRequest], version: int, max_staleness: int,
-            timeout_s: float) -> list[EpisodeResult]:
-        """Enqueue ``requests``; their results in request order (each from a policy >= version - staleness)."""
+    def run(self, requests: Sequence[EpisodeRequest], max_staleness: int, timeout_s: float) -> list[EpisodeResult]:
+        """Enqueue ``requests``; their results in request order (each from a policy at least
+        ``current version - max_staleness``; staler ones are re-run with the current policy)."""
         self.queue.enqueue(requests)
-        results = self.queue.collect(self.job_id, [r.episode_id for r in requests], version, max_staleness,
+        results = self.queue.collect(self.job_id, [r.episode_id for r in requests], self.policy, max_staleness,
                                      timeout_s)
         by_id = {r.episode_id: r for r in results}
         return [by_id[r.episode_id] for r in requests]
@@ -148,7 +148,7 @@ class RLTrainer:
         self.curriculum = Curriculum(config.curriculum, config.steps)
         self.sampler = PromptSampler(load_prompts(config.prompts), config.seed)
         self.pad_id = int(self.tokenizer.pad_token_id)
-        self.version = rollouts.current_version() + 1
+        self.version = 1  # the start weights; each update publishes the next
         self.versions: list[Path] = []  # checkpoints this run wrote (the oldest are deleted)
         self.start_path = resolve(config.model)
         self.rollouts.publish(self.version, self.start_path)  # workers generate step 0 with the start weights
@@ -173,7 +173,7 @@ class RLTrainer:
                 out.append(EpisodeRequest(
                     job_id=self.job_id, episode_id=f"{group}:{i}", group_id=group, method="agent",
                     template=prompt.template or spec.template, question=prompt.question,
-                    messages=prompt.messages, ground_truth=prompt.ground_truth, policy_version=self.version,
+                    messages=prompt.messages, ground_truth=prompt.ground_truth, policy=self.rollouts.policy,
                     search_backend=backend, p_noise=point.p_noise if backend == "simulator" else None,
                     topk=spec.topk, sampling=spec.sampling, max_turns=spec.max_turns,
                     max_total_tokens=spec.max_total_tokens, obs_max_tokens=spec.obs_max_tokens, reward=spec.reward,
@@ -193,7 +193,7 @@ class RLTrainer:
             if need <= 0:
                 break
             requests = self._requests(self.sampler.take(need, point), point, tag=f"r{r}g")
-            results = self.rollouts.run(requests, self.version, cfg.max_staleness, cfg.step_timeout_s)
+            results = self.rollouts.run(requests, cfg.max_staleness, cfg.step_timeout_s)
             if not cfg.algo.dynamic_sampling:
                 return results, 0
             rewards = [self._reward(x) for x in results]

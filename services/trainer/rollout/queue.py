@@ -8,8 +8,7 @@ Keys (``job`` is a job id, ``ep`` an episode id):
 - ``searchlab:job:<job>:done``          hash ep -> id of its entry in the result stream (exactly one result)
 - ``searchlab:results:<job>``           stream of results of one job
 - ``searchlab:episodes:dead``           dead-letter stream: poison episodes with their error
-- ``searchlab:policy``                  hash {version, model}: the policy the trainer publishes
-- ``searchlab:workers``                 hash worker name -> JSON {policy_version, completed, seen}: live workers
+- ``searchlab:workers``                 hash worker name -> JSON {policies, completed, seen}: live workers
 
 Life of an episode: ``enqueue`` adds it once (a second enqueue of the same id is a no-op) ->
 a worker ``claim``s it (``XAUTOCLAIM`` of entries idle longer than the visibility timeout first,
@@ -18,8 +17,10 @@ never yields a second result -> or ``fail`` re-queues it, and after ``max_attemp
 (failures or worker deaths) it goes to the dead-letter stream and an error result is written, so
 whoever waits for the job is not left waiting forever.
 
-Staleness: results carry the policy version that generated them; :meth:`EpisodeQueue.collect`
-drops results older than ``current - max_staleness`` and re-queues those episodes.
+Policies: every request names the policy it is generated with (:class:`shared.schemas.PolicyRef`:
+owner, version, model folder); there is no cluster-wide policy slot, so two jobs at once each get
+their own. Staleness: results carry the policy version that generated them; :meth:`EpisodeQueue.collect`
+drops results older than ``current - max_staleness`` and re-queues those episodes with the current policy.
 """
 
 from __future__ import annotations
@@ -27,20 +28,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
-from shared.schemas import EpisodeRequest, EpisodeResult
+from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 
 log = logging.getLogger(__name__)
 
 EPISODES = "searchlab:episodes"
 GROUP = "workers"
 DEAD = "searchlab:episodes:dead"
-POLICY = "searchlab:policy"
 WORKERS = "searchlab:workers"
 
 
@@ -96,12 +96,6 @@ class Delivery:
     attempt: int  # 1 on the first delivery
 
 
-@dataclass
-class Policy:
-    version: int
-    model: str
-
-
 class EpisodeQueue:
     """Producer and consumer side of the queue over one Redis connection pool."""
 
@@ -115,7 +109,6 @@ class EpisodeQueue:
         self._retry = self.redis.register_script(_RETRY)
         self._requeue = self.redis.register_script(_REQUEUE)
         self._claim_cursor = "0-0"
-        self._cursors: dict[str, str] = {}  # job id -> last result stream id read by results()
         self.ensure_group()
 
     def ensure_group(self) -> None:
@@ -142,74 +135,72 @@ class EpisodeQueue:
         entries = cast(list[Any], self.redis.xrange(results_key(job_id)))
         return [EpisodeResult.model_validate_json(fields["result"]) for _, fields in entries]
 
-    def results(self, job_id: str, block_ms: int = 0) -> list[EpisodeResult]:
-        """Results of the job written since the previous call on this object (waiting up to ``block_ms``)."""
-        last = self._cursors.get(job_id, "0-0")
-        resp = self.redis.xread({results_key(job_id): last}, count=1024, block=block_ms or None)
-        out = []
-        for _, entries in cast(list[Any], resp or []):
-            for entry_id, fields in entries:
-                self._cursors[job_id] = entry_id
-                out.append(EpisodeResult.model_validate_json(fields["result"]))
-        return out
+    def follow(self, job_id: str, timeout_s: float, progress: Callable[[], str] = lambda: "",
+               should_stop: Callable[[], bool] = lambda: False) -> Iterator[list[EpisodeResult]]:
+        """The job's results from the first on, in completion order, a batch per read as they arrive.
+
+        Raises ``TimeoutError`` (with ``progress()`` in its message) once ``timeout_s`` has passed; ends
+        when ``should_stop()``. The caller stops iterating when it has what it waits for."""
+        last = "0-0"
+        deadline = time.monotonic() + timeout_s
+        while not should_stop():
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise TimeoutError(f"job {job_id}: {progress()} after {timeout_s:.0f}s")
+            resp = self.redis.xread({results_key(job_id): last}, count=256, block=min(left_ms, 1000))
+            batch = []
+            for _, entries in cast(list[Any], resp or []):
+                for entry_id, fields in entries:
+                    last = entry_id
+                    batch.append(EpisodeResult.model_validate_json(fields["result"]))
+            if batch:
+                yield batch
 
     def wait(self, job_id: str, n: int, timeout_s: float = 600.0,
              on_result: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
         """Block until the job has ``n`` results (or raise ``TimeoutError``); results in completion order."""
         out: list[EpisodeResult] = []
-        last = "0-0"
-        deadline = time.monotonic() + timeout_s
-        while len(out) < n:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                raise TimeoutError(f"job {job_id}: {len(out)}/{n} results after {timeout_s:.0f}s ({self.stats()})")
-            resp = self.redis.xread({results_key(job_id): last}, count=256, block=min(left_ms, 1000))
-            for _, entries in cast(list[Any], resp or []):
-                for entry_id, fields in entries:
-                    last = entry_id
-                    result = EpisodeResult.model_validate_json(fields["result"])
-                    out.append(result)
-                    if on_result is not None:
-                        on_result(result)
+        if n <= 0:
+            return out
+        for batch in self.follow(job_id, timeout_s, lambda: f"{len(out)}/{n} results ({self.stats()})"):
+            for result in batch:
+                out.append(result)
+                if on_result is not None:
+                    on_result(result)
+            if len(out) >= n:
+                break
         return out
 
-    def collect(self, job_id: str, episode_ids: Iterable[str], current_version: int, max_staleness: int = 0,
+    def collect(self, job_id: str, episode_ids: Iterable[str], current: PolicyRef, max_staleness: int = 0,
                 timeout_s: float = 600.0) -> list[EpisodeResult]:
-        """Results of ``episode_ids``, each generated by a policy no older than ``current_version - max_staleness``.
+        """Results of ``episode_ids``, each generated by a policy no older than ``current.version - max_staleness``.
 
-        A staler result is dropped and its episode re-queued (carrying ``current_version``); this waits
+        A staler result is dropped and its episode re-queued (with the ``current`` policy); this waits
         for its fresh result. Returns one result per episode, in completion order.
         """
         wanted = set(episode_ids)
         fresh: dict[str, EpisodeResult] = {}
-        oldest = current_version - max_staleness
-        last = "0-0"
-        deadline = time.monotonic() + timeout_s
-        while len(fresh) < len(wanted):
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                raise TimeoutError(f"job {job_id}: {len(fresh)}/{len(wanted)} fresh results after {timeout_s:.0f}s")
-            resp = self.redis.xread({results_key(job_id): last}, count=256, block=min(left_ms, 1000))
-            for _, entries in cast(list[Any], resp or []):
-                for entry_id, fields in entries:
-                    last = entry_id
-                    result = EpisodeResult.model_validate_json(fields["result"])
-                    if result.episode_id not in wanted or result.episode_id in fresh:
-                        continue
-                    if result.policy_version < oldest and result.finish_reason != "error":
-                        log.info("job %s: result of %s is stale (v%d < v%d); re-queued", job_id,
-                                 result.episode_id, result.policy_version, oldest)
-                        self.requeue(job_id, result.episode_id, current_version)
-                    else:
-                        fresh[result.episode_id] = result
+        oldest = current.version - max_staleness
+        for batch in self.follow(job_id, timeout_s, lambda: f"{len(fresh)}/{len(wanted)} fresh results"):
+            for result in batch:
+                if result.episode_id not in wanted or result.episode_id in fresh:
+                    continue
+                if result.policy_version < oldest and result.finish_reason != "error":
+                    log.info("job %s: result of %s is stale (v%d < v%d); re-queued", job_id,
+                             result.episode_id, result.policy_version, oldest)
+                    self.requeue(job_id, result.episode_id, current)
+                else:
+                    fresh[result.episode_id] = result
+            if len(fresh) >= len(wanted):
+                break
         return list(fresh.values())
 
-    def requeue(self, job_id: str, episode_id: str, policy_version: int) -> None:
-        """Drop an episode's result and queue it again with ``policy_version``."""
+    def requeue(self, job_id: str, episode_id: str, policy: PolicyRef) -> None:
+        """Drop an episode's result and queue it again, to be generated by ``policy``."""
         raw = self.redis.hget(_job_key(job_id, "requests"), episode_id)
         if raw is None:
             raise KeyError(f"job {job_id} has no episode {episode_id!r}")
-        req = EpisodeRequest.model_validate_json(cast(str, raw)).model_copy(update={"policy_version": policy_version})
+        req = EpisodeRequest.model_validate_json(cast(str, raw)).model_copy(update={"policy": policy})
         self._requeue(keys=[_job_key(job_id, "requests"), _job_key(job_id, "done"), results_key(job_id),
                             _job_key(job_id, "attempts"), EPISODES],
                       args=[episode_id, req.model_dump_json(), job_id])
@@ -217,22 +208,6 @@ class EpisodeQueue:
     def delete_job(self, job_id: str) -> None:
         """Forget a finished job's requests, results and counters."""
         self.redis.delete(*(_job_key(job_id, w) for w in ("requests", "attempts", "done")), results_key(job_id))
-
-    # -- policy -----------------------------------------------------------------------------
-    def publish_policy(self, version: int, model: str) -> None:
-        """The trainer's side: workers reload from ``model`` when they see a new ``version``."""
-        self.redis.hset(POLICY, mapping={"version": version, "model": model})
-
-    def policy_version(self) -> int:
-        """The published policy version (0 before the first publish)."""
-        policy = self.policy()
-        return policy.version if policy is not None else 0
-
-    def policy(self) -> Policy | None:
-        data = cast(dict[str, str], self.redis.hgetall(POLICY))
-        if not data:
-            return None
-        return Policy(int(data["version"]), data["model"])
 
     # -- consumer ---------------------------------------------------------------------------
     def claim(self, consumer: str, count: int, block_ms: int = 1000) -> list[Delivery]:
@@ -292,12 +267,6 @@ class EpisodeQueue:
                         self.max_attempts, error)
             self._retry(keys=[EPISODES], args=[GROUP, delivery.entry_id, req.job_id, req.episode_id])
 
-    def release(self, deliveries: list[Delivery]) -> None:
-        """Hand unfinished episodes back to the queue at once (graceful shutdown), without counting an attempt."""
-        for d in deliveries:
-            self.redis.hincrby(_job_key(d.request.job_id, "attempts"), d.request.episode_id, -1)
-            self._retry(keys=[EPISODES], args=[GROUP, d.entry_id, d.request.job_id, d.request.episode_id])
-
     def _dead_letter(self, entry_id: str, req: EpisodeRequest, error: str, consumer: str) -> None:
         log.error("episode %s/%s dead-lettered: %s", req.job_id, req.episode_id, error)
         self.redis.xadd(DEAD, {"job": req.job_id, "episode": req.episode_id, "error": error[:2000],
@@ -312,9 +281,9 @@ class EpisodeQueue:
         return [fields for _, fields in cast(list[Any], self.redis.xrange(DEAD))]
 
     # -- workers and status -----------------------------------------------------------------
-    def register_worker(self, name: str, policy_version: int, completed: int) -> None:
-        """A worker's heartbeat: it is alive, serving ``policy_version``."""
-        info = {"policy_version": policy_version, "completed": completed, "seen": time.time()}
+    def register_worker(self, name: str, policies: list[str], completed: int) -> None:
+        """A worker's heartbeat: it is alive, with ``policies`` (``owner@vN``) loaded."""
+        info = {"policies": policies, "completed": completed, "seen": time.time()}
         self.redis.hset(WORKERS, name, json.dumps(info))
 
     def unregister_worker(self, name: str) -> None:

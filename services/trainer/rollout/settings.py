@@ -41,7 +41,7 @@ class WorkerSettings(BaseSettings):
     search_retries: int = Field(default=2, ge=0)  # capped retries of a failed search request
     search_concurrency: int = Field(default=16, ge=1)  # searches in flight at once
     judge_timeout_s: float = Field(default=120.0, gt=0)
-    policy_key: str = "searchlab:policy"  # Redis hash {version, model} the trainer publishes
+    policy_cache: int = Field(default=3, ge=1)  # policies kept loaded (LRU): jobs at once, each naming its own
     max_episodes: int | None = None  # exit after this many episodes (tests, benches); None: run until SIGTERM
     log_level: str = "info"
 

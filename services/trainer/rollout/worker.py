@@ -2,9 +2,10 @@
 
     python -m services.trainer.rollout.worker          # configured by WORKER_* env vars (worker_config.py)
 
-Any number of workers, on any host, share the ``workers`` consumer group. Each loop:
-check the published policy (reload the local model when its version moved) -> claim up to
-``batch_size`` episodes (stale ones of dead workers first) -> run them together with per-turn
+Any number of workers, on any host, share the ``workers`` consumer group. Each loop: claim up to
+``batch_size`` episodes (stale ones of dead workers first) -> group them by the policy each names
+(:class:`shared.schemas.PolicyRef`; none: the worker's configured model) -> load what is not loaded
+yet into a small LRU (``WORKER_POLICY_CACHE`` models) -> run each group together with per-turn
 batched generation -> write each result exactly once and acknowledge it. A heartbeat thread keeps
 in-flight entries from being reclaimed while a long batch runs. If a batch raises, its episodes
 are re-run one by one so that only the poison episode is retried (and dead-lettered after
@@ -18,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from types import FrameType
 
 import redis
@@ -29,10 +30,43 @@ from services.trainer.rollout.search import SearchEndpoints, SearchRegistry
 from services.trainer.rollout.settings import WorkerSettings
 from shared.client import JudgeClient
 from shared.llm import LLMBackend, get_backend
+from shared.models import resolve
+from shared.schemas import PolicyRef
 
 log = logging.getLogger("searchlab.worker")
 
-MAX_EXTRA_MODELS = 2  # per-request model overrides kept loaded besides the policy
+
+class Policies:
+    """The models this worker has loaded, by model folder, least recently used evicted first.
+
+    A remote generation backend (``WORKER_LLM__BACKEND=openai``: an SGLang server) holds its own
+    weights: every policy is that one backend, loaded once."""
+
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+        self.capacity = settings.policy_cache
+        self.loaded: OrderedDict[str, tuple[LLMBackend, PolicyRef]] = OrderedDict()
+
+    def default(self) -> PolicyRef:
+        return PolicyRef(owner="worker", version=0, path=self.settings.llm.model)
+
+    def get(self, ref: PolicyRef) -> LLMBackend:
+        key = str(resolve(ref.path)) if self.settings.llm.backend == "local" else "<remote>"  # one name, one load
+        if key in self.loaded:
+            self.loaded.move_to_end(key)
+            backend, _ = self.loaded[key]
+        else:
+            log.info("%s loading policy %s v%d from %s (%s backend)", self.settings.name, ref.owner, ref.version,
+                     ref.path, self.settings.llm.backend)
+            backend = get_backend(self.settings.llm.model_copy(update={"model": ref.path}))
+            while len(self.loaded) >= self.capacity:
+                evicted, (_, old) = self.loaded.popitem(last=False)
+                log.info("%s unloaded policy %s v%d (%s)", self.settings.name, old.owner, old.version, evicted)
+        self.loaded[key] = (backend, ref)
+        return backend
+
+    def names(self) -> list[str]:
+        return [f"{ref.owner}@v{ref.version}" for _, ref in self.loaded.values()]
 
 
 class Worker:
@@ -48,61 +82,23 @@ class Worker:
             concurrency=settings.search_concurrency))
         self.judge = (JudgeClient(settings.judge_url, api_key, timeout_s=settings.judge_timeout_s)
                       if settings.judge_url else None)
-        self.policy_version = 0
-        self.policy: LLMBackend | None = None
-        self._extra: dict[str, LLMBackend] = {}
+        self.policies = Policies(settings)
         self._inflight: list[Delivery] = []
         self._inflight_lock = threading.Lock()
         self.stopping = threading.Event()
         self.completed = 0
 
-    # -- models -----------------------------------------------------------------------------
-    def _load(self, model: str) -> LLMBackend:
-        log.info("%s loading model %s (%s backend)", self.name, model, self.settings.llm.backend)
-        return get_backend(self.settings.llm.model_copy(update={"model": model}))
-
-    def refresh_policy(self) -> None:
-        """Load the policy at start, and again whenever the trainer publishes a new version."""
-        published = self.queue.policy()
-        if self.policy is not None and (published is None or published.version == self.policy_version):
-            return
-        model = published.model if published is not None else self.settings.llm.model
-        if self.settings.llm.backend != "local" and self.policy is not None:
-            self.policy_version = published.version if published else 0  # the remote server swaps its own weights
-            return
-        try:
-            backend = self._load(model)
-        except (OSError, ValueError) as exc:
-            if self.policy is None:
-                raise
-            log.error("%s could not load policy v%s from %s (%s); keeping v%d", self.name,
-                      published.version if published else "?", model, exc, self.policy_version)
-            return
-        self.policy, self.policy_version = backend, (published.version if published else 0)
-        log.info("%s serving policy v%d", self.name, self.policy_version)
-
-    def _backend_for(self, model: str | None) -> LLMBackend:
-        if model is None:
-            assert self.policy is not None
-            return self.policy
-        if model not in self._extra:
-            while len(self._extra) >= MAX_EXTRA_MODELS:
-                self._extra.pop(next(iter(self._extra)))
-            self._extra[model] = self._load(model)
-        return self._extra[model]
-
     # -- loop -------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until stopped (or ``max_episodes``); returns the number of episodes completed."""
-        self.refresh_policy()
-        self.queue.register_worker(self.name, self.policy_version, self.completed)
+        self.policies.get(self.policies.default())  # fail at start, not at the first episode, on a bad model
+        self.queue.register_worker(self.name, self.policies.names(), self.completed)
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         heartbeat.start()
         log.info("%s ready: batch %d, visibility %.0fs", self.name, self.settings.batch_size,
                  self.settings.visibility_timeout_s)
         limit = self.settings.max_episodes
         while not self.stopping.is_set() and (limit is None or self.completed < limit):
-            self.refresh_policy()
             count = self.settings.batch_size if limit is None else min(self.settings.batch_size, limit - self.completed)
             deliveries = self.queue.claim(self.name, count, self.settings.block_ms)
             if 0 < len(deliveries) < count and self.settings.batch_wait_ms:
@@ -122,26 +118,35 @@ class Worker:
         with self._inflight_lock:
             self._inflight = list(deliveries)
         try:
-            groups: dict[str | None, list[Delivery]] = defaultdict(list)
+            groups: dict[tuple[str, int], list[Delivery]] = defaultdict(list)
             for d in deliveries:
-                groups[d.request.model].append(d)
-            for model, group in groups.items():
-                self._run_group(model, group)
+                ref = d.request.policy or self.policies.default()
+                groups[(ref.path, ref.version)].append(d)
+            for group in groups.values():
+                self._run_group(group[0].request.policy or self.policies.default(), group)
         finally:
             with self._inflight_lock:
                 self._inflight = []
 
-    def _run_group(self, model: str | None, group: list[Delivery]) -> None:
+    def _run_group(self, policy: PolicyRef, group: list[Delivery]) -> None:
         started = time.monotonic()
         try:
-            runner = AgentRunner(self._backend_for(model), self.search, self.judge, self.name, self.policy_version)
+            backend = self.policies.get(policy)
+        except (OSError, ValueError) as exc:  # a policy that does not load fails its episodes, not the worker
+            log.error("%s: policy %s v%d (%s) did not load: %s", self.name, policy.owner, policy.version,
+                      policy.path, exc)
+            for d in group:
+                self.queue.fail(d, f"policy {policy.path!r} did not load: {type(exc).__name__}: {exc}", self.name)
+            return
+        try:
+            runner = AgentRunner(backend, self.search, self.judge, self.name, policy.version)
             results = runner.run([d.request for d in group])
         except Exception as exc:  # the one place an episode crash is contained (logged)
             if len(group) > 1:
                 log.warning("%s: a batch of %d raised %r; re-running its episodes one by one", self.name,
                             len(group), exc)
                 for d in group:
-                    self._run_group(model, [d])
+                    self._run_group(policy, [d])
                 return
             log.exception("%s: episode %s raised", self.name, group[0].request.episode_id)
             self.queue.fail(group[0], f"{type(exc).__name__}: {exc}", self.name)
@@ -162,7 +167,7 @@ class Worker:
                 ids = [d.entry_id for d in self._inflight]
             try:
                 self.queue.touch(self.name, ids)
-                self.queue.register_worker(self.name, self.policy_version, self.completed)
+                self.queue.register_worker(self.name, self.policies.names(), self.completed)
             except (OSError, redis.RedisError) as exc:
                 log.warning("%s heartbeat failed: %s", self.name, exc)
 

@@ -10,7 +10,7 @@ import pytest
 
 from services.trainer.rollout.queue import DEAD, EpisodeQueue, results_key
 from shared.processes import Proc
-from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeSampling
+from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeSampling, PolicyRef
 
 
 def req(job: str, i: int, **kw: object) -> EpisodeRequest:
@@ -99,13 +99,12 @@ def test_an_episode_whose_workers_keep_dying_is_dead_lettered(private_redis: Pro
 
 def test_stale_results_are_dropped_and_requeued(private_redis: Proc) -> None:
     q = EpisodeQueue(private_redis.url)
-    reqs = [req("job6", i, policy_version=3) for i in range(3)]
+    v2, v3 = PolicyRef(owner="job6", version=2, path="/ckpt/v2"), PolicyRef(owner="job6", version=3, path="/ckpt/v3")
+    reqs = [req("job6", i, policy=v2 if i == 0 else v3) for i in range(3)]
     q.enqueue(reqs)
     for d in q.claim("w", 3, block_ms=100):
         version = 1 if d.request.episode_id == "ep0" else 3  # ep0 came from a worker still on v1
         q.complete(d, result_of(d.request, version=version))
-    q.publish_policy(3, "/ckpt/v3")
-    assert q.policy_version() == 3
 
     import threading
 
@@ -114,13 +113,13 @@ def test_stale_results_are_dropped_and_requeued(private_redis: Proc) -> None:
         for _ in range(50):
             got = w.claim("w2", 1, block_ms=100)
             if got:
-                assert got[0].request.policy_version == 3
+                assert got[0].request.policy == v3  # re-queued with the job's current policy
                 w.complete(got[0], result_of(got[0].request, "w2", version=3))
                 return
 
     t = threading.Thread(target=fresh_worker)
     t.start()
-    results = q.collect("job6", [r.episode_id for r in reqs], current_version=3, max_staleness=1, timeout_s=30)
+    results = q.collect("job6", [r.episode_id for r in reqs], v3, max_staleness=1, timeout_s=30)
     t.join()
     assert sorted(r.episode_id for r in results) == ["ep0", "ep1", "ep2"]
     assert all(r.policy_version >= 2 for r in results)
@@ -132,11 +131,16 @@ def test_incremental_results_reader(private_redis: Proc) -> None:
     q = EpisodeQueue(private_redis.url)
     q.enqueue([req("job7", i) for i in range(2)])
     d = q.claim("w", 2, block_ms=100)
+    stop = False
+    reader = q.follow("job7", timeout_s=30, should_stop=lambda: stop)
     q.complete(d[0], result_of(d[0].request))
-    assert [r.episode_id for r in q.results("job7", block_ms=100)] == [d[0].request.episode_id]
-    assert q.results("job7", block_ms=100) == []
+    assert [r.episode_id for r in next(reader)] == [d[0].request.episode_id]
     q.complete(d[1], result_of(d[1].request))
-    assert [r.episode_id for r in q.results("job7", block_ms=100)] == [d[1].request.episode_id]
+    assert [r.episode_id for r in next(reader)] == [d[1].request.episode_id]  # only what is new
+    stop = True
+    assert list(reader) == []
+    with pytest.raises(TimeoutError, match="job7"):
+        next(q.follow("job7-empty", timeout_s=0.2))
 
 
 @pytest.mark.slow
@@ -148,7 +152,7 @@ def test_fifty_episodes_through_two_workers_exactly_once(private_redis: Proc, st
 
     sampling = EpisodeSampling(max_new_tokens=3, temperature=0.0)
     reqs = [req("fifty", i, sampling=sampling, search_backend="none") for i in range(50)]
-    poison = req("fifty", 999, sampling=sampling, model="/nonexistent/model-folder")  # fails on every worker
+    poison = req("fifty", 999, sampling=sampling, policy=PolicyRef(owner="fifty", path="/nonexistent/model-folder"))  # fails on every worker
     assert q.enqueue([*reqs, poison]) == 51
     assert q.enqueue(reqs) == 0
 

@@ -1,5 +1,5 @@
 """Rollout workers as real subprocesses on a real Redis: (b) a worker SIGKILLed mid-episode, graceful
-SIGTERM, policy reload; (c) a retriever outage during a run."""
+SIGTERM, the policy each episode names; (c) a retriever outage during a run."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ import pytest
 from services.trainer.rollout.queue import EPISODES, GROUP, EpisodeQueue, results_key
 from shared.data import load_split
 from shared.processes import Proc, start_service
-from shared.schemas import EpisodeRequest, EpisodeSampling
+from shared.schemas import EpisodeRequest, EpisodeSampling, PolicyRef
 
 pytestmark = pytest.mark.slow
 
 
-def direct(job: str, i: int, max_new_tokens: int) -> EpisodeRequest:
+def direct(job: str, i: int, max_new_tokens: int, policy: PolicyRef | None = None) -> EpisodeRequest:
     return EpisodeRequest(job_id=job, episode_id=f"ep{i}", method="direct", search_backend="none",
                           question=f"Name a famous scientist number {i}.", ground_truth=["Einstein"],
-                          sampling=EpisodeSampling(max_new_tokens=max_new_tokens, temperature=0.0))
+                          sampling=EpisodeSampling(max_new_tokens=max_new_tokens, temperature=0.0), policy=policy)
 
 
 def pending_of(q: EpisodeQueue, consumer: str) -> int:
@@ -58,17 +58,17 @@ def test_sigkilled_worker_episodes_are_reclaimed_and_completed_once(
     assert b.alive()
 
 
-def test_sigterm_finishes_the_batch_in_flight_and_policy_reload(
+def test_sigterm_finishes_the_batch_in_flight_and_the_named_policy(
         private_redis: Proc, start_worker: Callable[..., Proc], waiter: Callable[..., None],
         smollm2_path: Path) -> None:
     q = EpisodeQueue(private_redis.url)
     c = start_worker(private_redis.url, "c", batch_size=3, heartbeat_s=0.5)
-    waiter(lambda: q.workers().get("c", {}).get("policy_version") == 0, 240, "worker c to start", [c])
-    q.publish_policy(1, str(smollm2_path))  # the trainer moves the policy: c reloads before its next batch
-    waiter(lambda: q.workers().get("c", {}).get("policy_version") == 1, 120, "worker c to reload", [c])
+    waiter(lambda: q.workers().get("c", {}).get("policies") == ["worker@v0"], 240, "worker c to start", [c])
+    v1 = PolicyRef(owner="term", version=1, path=str(smollm2_path))  # the trainer's v1: same weights, its name
 
-    q.enqueue([direct("term", i, max_new_tokens=16) for i in range(5)])
+    q.enqueue([direct("term", i, max_new_tokens=16, policy=v1) for i in range(5)])
     waiter(lambda: pending_of(q, "c") == 3, 120, "worker c to take a batch", [c])
+    waiter(lambda: q.workers().get("c", {}).get("policies") == ["term@v1"], 60, "worker c to serve term's v1", [c])
     os.killpg(c.popen.pid, signal.SIGTERM)
     assert c.popen.wait(240) == 0, c.log_tail()
 

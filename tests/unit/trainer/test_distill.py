@@ -119,7 +119,7 @@ def test_config_defaults_and_requests() -> None:
     prompts = [PROMPT, PROMPT]  # a user's file may repeat ids: episode ids stay unique
     requests = build_requests(prompts, config, "job", "/models/teacher")
     assert len({r.episode_id for r in requests}) == 4
-    assert {r.model for r in requests} == {"/models/teacher"} and {r.method for r in requests} == {"agent"}
+    assert {r.policy.path for r in requests if r.policy} == {"/models/teacher"} and all(r.policy for r in requests) and {r.method for r in requests} == {"agent"}
     assert {r.reward.metric for r in requests} == {"llm"} and {r.max_turns for r in requests} == {1}
     assert {(r.sampling.temperature, r.sampling.max_new_tokens) for r in requests} == {(0.7, 16)}
 
