@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from shared.llm import preallocate
+from shared.kv_cache import preallocate
 
 
 def _states(batch: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
