@@ -43,6 +43,15 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
+async def blocked(backend: Recorder, batcher: MicroBatcher[int, int], items: list[int],
+                  batches: int = 1) -> list[asyncio.Future[int]]:
+    """Submit ``items`` to a blocked backend and wait until ``batches`` of them are at it."""
+    backend.gate.clear()
+    futures = batcher.submit(items)
+    await until(lambda: backend.active == batches)
+    return futures
+
+
 def make(backend: Recorder, **kw: object) -> MicroBatcher[int, int]:
     options: dict[str, object] = {"max_batch": 8, "max_wait_s": 0.0, "max_queue": 100, "concurrency": 1}
     options.update(kw)
@@ -83,10 +92,8 @@ async def test_the_window_counts_from_the_oldest_item_or_from_when_it_opens(wait
     """While the backend is busy, item 2's window runs out. "oldest": it leaves as soon as the backend
     is free and a later item 3 comes too late to join; "open": its window opens then, and 3 joins."""
     backend = Recorder()
-    backend.gate.clear()
     batcher = make(backend, max_batch=2, max_wait_s=0.3 if wait == "oldest" else 5.0, wait=wait)
-    first = batcher.submit([0, 1])  # a full batch: it leaves at once
-    await until(lambda: backend.active == 1)
+    first = await blocked(backend, batcher, [0, 1])  # a full batch: it leaves at once
     second = batcher.submit([2])
     await asyncio.sleep(0.4)  # longer than the "oldest" window
     backend.gate.set()
@@ -111,10 +118,8 @@ async def test_a_fixed_window_is_waited_whole_even_when_the_batch_is_full() -> N
 
 async def test_full_queue_refuses_the_whole_submission() -> None:
     backend = Recorder()
-    backend.gate.clear()  # the backend is busy: nothing leaves the queue after the first batch
     batcher = make(backend, max_batch=2, max_queue=4)
-    first = batcher.submit([1, 2])
-    await asyncio.sleep(0.05)  # the first batch is at the (blocked) backend
+    first = await blocked(backend, batcher, [1, 2])  # busy: nothing leaves the queue after this batch
     second = batcher.submit([3, 4, 5, 6])
     with pytest.raises(QueueFull):
         batcher.submit([7])
@@ -149,10 +154,8 @@ async def test_admission_and_batches_count_units_when_items_weigh_more_than_one(
 
 async def test_queue_counts_running_bounds_items_at_the_backend_too() -> None:
     backend = Recorder()
-    backend.gate.clear()
     batcher = make(backend, max_batch=2, max_queue=3, queue_counts_running=True)
-    first = batcher.submit([1, 2])
-    await until(lambda: backend.active == 1)
+    first = await blocked(backend, batcher, [1, 2])
     assert batcher.queued == 0 and batcher.running == 2
     batcher.submit([3])
     with pytest.raises(QueueFull):
@@ -204,10 +207,8 @@ async def test_a_wrong_number_of_outputs_fails_the_batch() -> None:
 
 async def test_at_most_concurrency_batches_at_the_backend() -> None:
     backend = Recorder()
-    backend.gate.clear()
     batcher = make(backend, max_batch=1, concurrency=2)
-    futures = batcher.submit(list(range(6)))
-    await until(lambda: backend.active == 2)
+    futures = await blocked(backend, batcher, list(range(6)), batches=2)
     await asyncio.sleep(0.05)
     assert backend.active == 2 and batcher.running == 2 and batcher.queued == 4
     backend.gate.set()
@@ -218,10 +219,8 @@ async def test_at_most_concurrency_batches_at_the_backend() -> None:
 
 async def test_abandoned_items_are_skipped() -> None:
     backend = Recorder()
-    backend.gate.clear()
     batcher = make(backend, max_batch=10)
-    first = batcher.submit([1])
-    await until(lambda: backend.active == 1)
+    first = await blocked(backend, batcher, [1])
     waiting = batcher.submit([2, 3, 4])
     waiting[1].cancel()  # the caller of item 3 went away
     backend.gate.set()
@@ -241,10 +240,8 @@ async def test_on_batch_reports_size_and_seconds() -> None:
 
 async def test_close_fails_waiting_items_and_lets_running_batches_finish() -> None:
     backend = Recorder()
-    backend.gate.clear()
     batcher = make(backend, max_batch=1)
-    running = batcher.submit([1])
-    await until(lambda: backend.active == 1)
+    running = await blocked(backend, batcher, [1])
     waiting = batcher.submit([2])
     closing = asyncio.create_task(batcher.close())
     await asyncio.sleep(0.05)
