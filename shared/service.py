@@ -5,11 +5,14 @@
   overload -> 503 with ``Retry-After``;
 - ``GET /health`` (process up), ``GET /ready`` (model/index loaded), ``GET /metrics``
   (Prometheus), ``GET /info``;
+- one exception handler per error type: ``create_app(errors={ExcType: maps_to(status, code)})``
+  instead of a ``try/except -> ServiceError`` in each route; :class:`shared.batching.QueueFull`
+  is 503 ``overloaded`` everywhere;
 - optional bearer-token auth (``<SERVICE>_API_KEY``) on every route but health/ready/metrics;
 - request counters and a latency histogram per route.
 
 Routes stay thin (CONVENTIONS.md §1): services add their own routers over an engine kept on
-``app.state`` and built in their ``lifespan``.
+``app.state``, built in their ``lifespan`` and handed to routes by :func:`state_dependency`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -29,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.batching import QueueFull
 from shared.config import ServiceSettings
 from shared.schemas import Info
 
@@ -52,6 +56,40 @@ class ServiceError(Exception):
 class Overloaded(ServiceError):
     def __init__(self, message: str = "the service is at capacity; retry later", retry_after_s: int = 1):
         super().__init__(503, "overloaded", message, {"Retry-After": str(retry_after_s)})
+
+
+ErrorMapper = Callable[[Any], ServiceError]  # an exception -> the error the client sees
+
+
+def maps_to(status: int, code: str, *, retry_after_s: int | None = None) -> ErrorMapper:
+    """An ``errors`` entry of :func:`create_app`: the exception's message under ``status`` and ``code``."""
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+
+    def to_error(exc: Exception) -> ServiceError:
+        return ServiceError(status, code, str(exc), headers)
+
+    return to_error
+
+
+def overloaded(retry_after_s: int = 1) -> ErrorMapper:
+    """503 ``overloaded`` with ``Retry-After`` (the default for :class:`QueueFull`)."""
+    return lambda exc: Overloaded(str(exc), retry_after_s)
+
+
+def state_dependency(attr: str, loading: str, retry_after_s: int = 2) -> Callable[[Request], Any]:
+    """A FastAPI dependency returning ``app.state.<attr>``, or 503 ``not_ready`` while it is unset.
+
+    ``JudgeDep = Annotated[Judge, Depends(state_dependency("judge", "the judge is still loading"))]``
+    """
+
+    def get(request: Request) -> Any:
+        value = getattr(request.app.state, attr, None)
+        if value is None:
+            raise ServiceError(503, "not_ready", loading, {"Retry-After": str(retry_after_s)})
+        return value
+
+    get.__name__ = f"get_{attr}"
+    return get
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -192,11 +230,15 @@ def create_app(
     info: Callable[[FastAPI], dict[str, Any]] | None = None,
     auth_paths_prefix: str = "/",
     require_auth: bool = False,
+    errors: Mapping[type[Exception], ErrorMapper] | None = None,
 ) -> FastAPI:
     """A FastAPI app with searchlab's common routes, errors, limits, auth and metrics.
 
     ``lifespan`` builds the heavy things and sets ``app.state.ready = True`` when done.
     ``info(app)`` returns the details shown by ``GET /info``.
+    ``errors``: the service's exception types and the error each becomes (one handler per type),
+    e.g. ``{JudgeInputError: maps_to(422, "invalid_request")}``; given ones replace the defaults
+    (:class:`ServiceError` as it is, :class:`QueueFull` -> 503 ``overloaded``).
     ``require_auth``: refuse to start without an API key (the trainer's job endpoints).
     """
     if require_auth and settings.api_key is None:
@@ -213,9 +255,9 @@ def create_app(
                        auth_paths_prefix=auth_paths_prefix)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
-    @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    mappers: dict[type[Exception], ErrorMapper] = {ServiceError: lambda exc: exc, QueueFull: overloaded()}
+    for exc_type, to_error in {**mappers, **(errors or {})}.items():
+        app.add_exception_handler(exc_type, _handler(to_error))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -251,6 +293,14 @@ def create_app(
         return Info(service=service, version=VERSION, details=details)
 
     return app
+
+
+def _handler(to_error: ErrorMapper) -> Callable[[Request, Exception], Any]:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        error = to_error(exc)
+        return error_response(error.status, error.code, error.message, error.headers)
+
+    return handle
 
 
 async def noop_lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -7,37 +7,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI
 
 from services.judge.config import JudgeSettings
 from services.judge.engine import Judge, JudgeBackendError, JudgeInputError, QueueFull, build_judge
 from shared.schemas import JudgeRequest, JudgeResponse
-from shared.service import Overloaded, ServiceError, create_app
+from shared.service import create_app, maps_to, overloaded, state_dependency
 
 router = APIRouter()
 
-
-def get_judge(request: Request) -> Judge:
-    judge: Judge | None = getattr(request.app.state, "judge", None)
-    if judge is None:
-        raise ServiceError(503, "not_ready", "the judge is still loading", {"Retry-After": "2"})
-    return judge
-
-
-JudgeDep = Annotated[Judge, Depends(get_judge)]
+JudgeDep = Annotated[Judge, Depends(state_dependency("judge", "the judge is still loading"))]
 
 
 @router.post("/judge", response_model=JudgeResponse, tags=["judge"])
 async def judge(body: JudgeRequest, engine: JudgeDep) -> JudgeResponse:
-    try:
-        return await engine.judge(body.items, body.method)
-    except JudgeInputError as exc:
-        raise ServiceError(422, "invalid_request", str(exc)) from exc
-    except QueueFull as exc:
-        raise Overloaded(f"the judge queue is full ({exc}); retry later",
-                         engine.settings.retry_after_s) from exc
-    except JudgeBackendError as exc:
-        raise ServiceError(502, "backend_error", str(exc)) from exc
+    return await engine.judge(body.items, body.method)
 
 
 def create_judge_app(settings: JudgeSettings | None = None) -> FastAPI:
@@ -46,7 +30,6 @@ def create_judge_app(settings: JudgeSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = await asyncio.to_thread(build_judge, settings, app.state.metrics.registry)
-        await engine.start()
         app.state.judge = engine
         app.state.ready = True
         try:
@@ -59,6 +42,10 @@ def create_judge_app(settings: JudgeSettings | None = None) -> FastAPI:
         engine: Judge | None = getattr(app.state, "judge", None)
         return engine.info() if engine is not None else {"backend": settings.llm.backend, "loading": True}
 
-    app = create_app("judge", settings, lifespan, info=info)
+    app = create_app("judge", settings, lifespan, info=info, errors={
+        JudgeInputError: maps_to(422, "invalid_request"),
+        JudgeBackendError: maps_to(502, "backend_error"),
+        QueueFull: overloaded(settings.retry_after_s),
+    })
     app.include_router(router)
     return app

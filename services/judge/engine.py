@@ -2,8 +2,8 @@
 
 - Rule methods (``em``, ``cover_em``, ``f1``, ``recall``) are :mod:`shared.metrics` (max over gold).
 - ``llm`` renders a versioned prompt (:mod:`services.judge.prompts`), looks the verdict up in the
-  Redis cache, sends the misses through the :class:`MicroBatcher` (items of concurrent requests
-  share backend batches; identical items in flight are judged once) and parses each reply into
+  Redis cache, sends the misses through the shared :class:`shared.batching.MicroBatcher` (items of
+  concurrent requests share backend batches; identical items in flight are judged once) and parses each reply into
   correct / incorrect / unparseable. Score 1.0 only for "correct"; an unparseable reply scores 0.0
   and says so in its detail.
 
@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.judge.batcher import MicroBatcher, QueueFull
 from services.judge.cache import VerdictCache, cache_key
 from services.judge.config import JudgeSettings
 from services.judge.prompts import Messages, get_prompt, parse_verdict
+from shared.batching import MicroBatcher, QueueFull
 from shared.llm import LLMBackend, SamplingParams
 from shared.metrics import METRICS, best_match
 from shared.schemas import JudgeDetail, JudgeItem, JudgeResponse
@@ -75,7 +75,8 @@ class Judge:
         self.metrics.queue.set_function(lambda: self.batcher.queued)
         self.batcher: MicroBatcher[Messages, str] = MicroBatcher(
             self._chat, max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000,
-            max_queue=settings.max_queue, concurrency=settings.concurrency, on_batch=self._observe_batch)
+            max_queue=settings.max_queue, concurrency=settings.concurrency, on_batch=self._observe_batch,
+            name="the judge queue", unit="items")
         self._inflight: dict[str, asyncio.Future[str]] = {}
 
     @property
@@ -83,7 +84,7 @@ class Judge:
         return self.backend.model_name if self.backend is not None else ""
 
     async def start(self) -> None:
-        self.batcher.start()
+        """Nothing to start any more (the batcher starts with its first item); kept for callers."""
 
     async def close(self) -> None:
         await self.batcher.close()

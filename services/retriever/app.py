@@ -20,13 +20,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from services.retriever.batching import InvalidRequest, Limits, QueueFull, Searcher, check_request
+from services.retriever.batching import InvalidRequest, Limits, Searcher, check_request
 from services.retriever.config import RetrieverSettings
 from services.retriever.engine import Retriever, SearchParams, set_threads
 from services.retriever.index import ensure_index, read_manifest
 from services.retriever.process import SearchProcess, SearchProcessDied
 from shared.schemas import RetrieveRequest, RetrieveResponse
-from shared.service import Overloaded, ServiceError, create_app
+from shared.service import create_app, maps_to, state_dependency
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ async def _load(app: FastAPI, settings: RetrieverSettings) -> None:
     searcher = Searcher(retriever.search, microbatch=settings.microbatch, max_batch=settings.max_batch,
                         max_wait_ms=settings.batch_wait_ms, max_pending=settings.max_pending,
                         cache_size=settings.cache_size, registry=app.state.metrics.registry)
-    await searcher.start()
     app.state.retriever = retriever
     app.state.searcher = searcher
     app.state.ready = True
@@ -96,7 +95,10 @@ def create_retriever_app(settings: RetrieverSettings | None = None) -> FastAPI:
         if retriever is not None:
             retriever.close()
 
-    app = create_app("retriever", settings, lifespan, info=_info)
+    app = create_app("retriever", settings, lifespan, info=_info, errors={
+        InvalidRequest: maps_to(422, "invalid_request"),
+        SearchProcessDied: maps_to(503, "search_restarting", retry_after_s=5),
+    })
     app.include_router(router)
     return app
 
@@ -109,22 +111,9 @@ def _info(app: FastAPI) -> dict[str, Any]:
     return {"ready": True, **retriever.info(), "serving": searcher.stats(), "limits": vars(app.state.limits)}
 
 
-def get_retriever(request: Request) -> Retriever | SearchProcess:
-    retriever: Retriever | SearchProcess | None = getattr(request.app.state, "retriever", None)
-    if retriever is None:
-        raise ServiceError(503, "not_ready", "the index is still loading", {"Retry-After": "2"})
-    return retriever
-
-
-def get_searcher(request: Request) -> Searcher:
-    searcher: Searcher | None = getattr(request.app.state, "searcher", None)
-    if searcher is None:
-        raise ServiceError(503, "not_ready", "the index is still loading", {"Retry-After": "2"})
-    return searcher
-
-
-RetrieverDep = Annotated[Retriever | SearchProcess, Depends(get_retriever)]
-SearcherDep = Annotated[Searcher, Depends(get_searcher)]
+RetrieverDep = Annotated[Retriever | SearchProcess,
+                         Depends(state_dependency("retriever", "the index is still loading"))]
+SearcherDep = Annotated[Searcher, Depends(state_dependency("searcher", "the index is still loading"))]
 
 
 @router.post("/retrieve", response_model=RetrieveResponse, tags=["search"], openapi_extra={
@@ -138,15 +127,8 @@ async def retrieve(request: Request, retriever: RetrieverDep, searcher: Searcher
         body = RetrieveRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from exc
-    try:
-        queries, topk, mode = check_request(body.query_list(), body.topk, body.mode, request.app.state.limits,
-                                            retriever.modes)
-        result = await searcher.search(queries, topk, mode)
-    except InvalidRequest as exc:
-        raise ServiceError(422, "invalid_request", str(exc)) from exc
-    except QueueFull as exc:
-        raise Overloaded(str(exc)) from exc
-    except SearchProcessDied as exc:
-        raise ServiceError(503, "search_restarting", str(exc), {"Retry-After": "5"}) from exc
+    queries, topk, mode = check_request(body.query_list(), body.topk, body.mode, request.app.state.limits,
+                                        retriever.modes)
+    result = await searcher.search(queries, topk, mode)
     # Serialized once by pydantic-core (the response model is already validated by construction).
     return Response(RetrieveResponse(result=result).model_dump_json(), media_type="application/json")

@@ -1,41 +1,39 @@
 """Async front of the retriever: request checks, an LRU result cache and micro-batching.
 
 Hundreds of rollouts each send one small request (verl's ``SearchTool``: one query per tool
-call). Encoding them one by one wastes the encoder, so concurrent requests are coalesced:
-the first waiting request opens a batch, more join until ``max_batch`` queries or ``max_wait_ms``
-have passed, then the whole batch goes through one encoder forward and one FAISS search in a
-worker thread. While that runs, the event loop keeps accepting requests, which form the next
-batch, so under load batches fill without waiting. With micro-batching off, every request
-is searched on its own (still off the event loop): the baseline the bench compares against.
+call). Encoding them one by one wastes the encoder, so concurrent requests are coalesced by the
+shared :class:`shared.batching.MicroBatcher`: the first waiting request opens a batch, more join
+until ``max_batch`` queries or ``max_wait_ms`` have passed, then the whole batch goes through one
+encoder forward and one FAISS search in a worker thread. While that runs, the event loop keeps
+accepting requests, which form the next batch, so under load batches fill without waiting. With
+micro-batching off, every request is searched on its own (still off the event loop): the
+baseline the bench compares against.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.batching import MicroBatcher, QueueFull
 from shared.schemas import Hit, SearchMode
 
 log = logging.getLogger(__name__)
+
+__all__ = ["InvalidRequest", "Limits", "QueueFull", "ResultCache", "Searcher", "check_request"]
 
 SearchFn = Callable[[Sequence[str], int, SearchMode], list[list[Hit]]]
 
 
 class InvalidRequest(ValueError):
     """The request is malformed in a way the schema cannot say (empty query, topk too large...)."""
-
-
-class QueueFull(RuntimeError):
-    """More queries are waiting than the service accepts: the caller should retry later."""
 
 
 @dataclass(frozen=True)
@@ -114,17 +112,33 @@ class SearchMetrics:
                              registry=registry)
 
 
-@dataclass
-class _Pending:
+@dataclass(frozen=True)
+class _Request:
+    """What the batcher holds for one request: its queries not found in the cache."""
+
     queries: list[str]
     topk: int
     mode: SearchMode
-    future: asyncio.Future[list[list[Hit]]]
-    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _query_count(request: _Request) -> int:
+    return len(request.queries)
+
+
+def _mode_of(request: _Request) -> Hashable:
+    return request.mode
 
 
 class Searcher:
-    """Searches for the HTTP layer: cache, then micro-batches (or one request at a time)."""
+    """Searches for the HTTP layer: cache, then the shared micro-batcher (or one request at a time).
+
+    Batcher items are requests, weighing their number of queries (``max_batch`` and ``max_pending``
+    count queries); requests of different modes never share a batch. ``max_pending`` bounds the
+    queries waiting *and* those being searched (``queue_counts_running``). A batch window opens
+    when the previous batch is done and there is a request (``wait="open"``): the first waiting
+    request waits at most ``max_wait_ms`` for company. Micro-batching off: every request is a
+    batch of its own, sent at once (``max_batch=1``, no window, no concurrency limit).
+    """
 
     def __init__(self, search: SearchFn, *, microbatch: bool = True, max_batch: int = 64,
                  max_wait_ms: float = 2.0, max_pending: int = 4096, cache_size: int = 10_000,
@@ -138,121 +152,47 @@ class Searcher:
         self.metrics = SearchMetrics(registry)
         # One worker: the encoder and FAISS already use every core inside one call.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retriever-search")
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._pending_queries = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self.microbatch and self._task is None:
-            self._task = asyncio.create_task(self._batch_loop(), name="retriever-microbatcher")
+        self._batcher: MicroBatcher[_Request, list[list[Hit]]] = MicroBatcher(
+            self._search_batch, max_batch=max_batch if microbatch else 1,
+            max_wait_s=self.max_wait_s if microbatch else 0.0, max_queue=max_pending,
+            concurrency=1 if microbatch else max_pending, wait="open", weight=_query_count, group_key=_mode_of,
+            queue_counts_running=True, executor=self._executor, name="the retriever", unit="queries")
+        self.metrics.pending.set_function(self._pending_queries)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def stats(self) -> dict[str, Any]:
         return {"microbatch": self.microbatch, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_s * 1000,
-                "cache_size": self.cache.size, "cached": len(self.cache), "pending_queries": self._pending_queries}
+                "cache_size": self.cache.size, "cached": len(self.cache), "pending_queries": self._pending_queries()}
 
-    # -- entry point ------------------------------------------------------------------------
     async def search(self, queries: list[str], topk: int, mode: SearchMode) -> list[list[Hit]]:
+        """Hits per query; raises :class:`QueueFull` when ``max_pending`` queries are already in."""
         self.metrics.queries.labels(mode).inc(len(queries))
         results: list[list[Hit] | None] = [self.cache.get(mode, q, topk) for q in queries]
         missing = [i for i, r in enumerate(results) if r is None]
         self.metrics.cache_hits.inc(len(queries) - len(missing))
         if missing:
-            todo = [queries[i] for i in missing]
-            found = await (self._enqueue(todo, topk, mode) if self.microbatch else self._run_one(todo, topk, mode))
-            for i, hits in zip(missing, found, strict=True):
+            [future] = self._batcher.submit([_Request([queries[i] for i in missing], topk, mode)])
+            for i, hits in zip(missing, await future, strict=True):
                 results[i] = hits
                 self.cache.put(mode, queries[i], hits)
         return [r if r is not None else [] for r in results]
 
-    # -- unbatched --------------------------------------------------------------------------
-    async def _run_one(self, queries: list[str], topk: int, mode: SearchMode) -> list[list[Hit]]:
-        self._admit(len(queries))
-        try:
-            return await self._in_worker(queries, topk, mode)
-        finally:
-            self._release(len(queries))
-
-    # -- micro-batching ---------------------------------------------------------------------
-    async def _enqueue(self, queries: list[str], topk: int, mode: SearchMode) -> list[list[Hit]]:
-        if self._task is None:
-            raise RuntimeError("Searcher.start() was not called")
-        self._admit(len(queries))
-        future: asyncio.Future[list[list[Hit]]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(queries, topk, mode, future))
-        return await future
-
-    async def _batch_loop(self) -> None:
-        carry: _Pending | None = None
-        while True:
-            first = carry or await self._queue.get()
-            carry = None
-            batch, n = [first], len(first.queries)
-            deadline = time.perf_counter() + self.max_wait_s
-            while n < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        break
-                    try:  # sleep until a request arrives or the wait is over (no polling)
-                        item = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                if n + len(item.queries) > self.max_batch:
-                    carry = item  # opens the next batch
-                    break
-                batch.append(item)
-                n += len(item.queries)
-            await self._run_batch(batch)
-
-    async def _run_batch(self, batch: list[_Pending]) -> None:
-        by_mode: dict[SearchMode, list[_Pending]] = {}
-        for item in batch:
-            if item.future.done():  # the client went away while waiting
-                self._release(len(item.queries))
-            else:
-                by_mode.setdefault(item.mode, []).append(item)
-        for mode, items in by_mode.items():
-            unique = list(dict.fromkeys(q for item in items for q in item.queries))
-            depth = max(item.topk for item in items)
-            try:
-                found = await self._in_worker(unique, depth, mode)
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request, none left hanging
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            finally:
-                self._release(sum(len(item.queries) for item in items))
-            by_query = dict(zip(unique, found, strict=True))
-            for item in items:
-                if not item.future.done():
-                    item.future.set_result([by_query[q][:item.topk] for q in item.queries])
-
-    # -- shared -----------------------------------------------------------------------------
-    async def _in_worker(self, queries: list[str], topk: int, mode: SearchMode) -> list[list[Hit]]:
+    def _search_batch(self, requests: list[_Request]) -> list[list[list[Hit]]]:
+        """One encoder forward + one FAISS search for a batch of one mode (in the search thread):
+        each distinct query once, as deep as the deepest request wants, then cut per request."""
+        mode = requests[0].mode
+        unique = list(dict.fromkeys(q for request in requests for q in request.queries))
+        depth = max(request.topk for request in requests)
         start = time.perf_counter()
-        found = await asyncio.get_running_loop().run_in_executor(self._executor, self._search, queries, topk, mode)
+        found = self._search(unique, depth, mode)
         self.metrics.batches.inc()
-        self.metrics.batch_size.observe(len(queries))
+        self.metrics.batch_size.observe(len(unique))
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
-        return found
+        by_query = dict(zip(unique, found, strict=True))
+        return [[by_query[q][:request.topk] for q in request.queries] for request in requests]
 
-    def _admit(self, n: int) -> None:
-        if self._pending_queries + n > self.max_pending:
-            raise QueueFull(f"{self._pending_queries} queries are waiting (limit {self.max_pending}); retry later")
-        self._pending_queries += n
-        self.metrics.pending.set(self._pending_queries)
-
-    def _release(self, n: int) -> None:
-        self._pending_queries -= n
-        self.metrics.pending.set(self._pending_queries)
+    def _pending_queries(self) -> int:
+        return self._batcher.queued + self._batcher.running

@@ -7,15 +7,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 
-from services.simulator.batching import Busy, MicroBatcher
 from services.simulator.config import SimulatorSettings
 from services.simulator.engine import (
     GENERATORS,
@@ -27,6 +26,7 @@ from services.simulator.engine import (
     to_retrieve_response,
     to_simulate_response,
 )
+from shared.batching import MicroBatcher
 from shared.client import RetrieverClient, ServiceCallError
 from shared.schemas import (
     RetrieveRequest,
@@ -37,7 +37,7 @@ from shared.schemas import (
     SimulateRequest,
     SimulateResponse,
 )
-from shared.service import Overloaded, ServiceError, create_app, error_response
+from shared.service import ServiceError, create_app, maps_to, state_dependency
 
 router = APIRouter()
 
@@ -63,8 +63,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: SimulatorSettings = app.state.settings
     simulator, closers = build_simulator(settings)
     app.state.simulator = simulator
-    app.state.batcher = MicroBatcher(simulator.run, settings.batch_window_ms / 1000.0, settings.max_batch_queries,
-                                     settings.max_pending)
+    # Every batch waits the whole window (wait="fixed"), as the simulator always has.
+    app.state.batcher = MicroBatcher(simulator.run, max_batch=settings.max_batch_queries,
+                                     max_wait_s=settings.batch_window_ms / 1000.0, max_queue=settings.max_pending,
+                                     wait="fixed", name="the simulator queue", unit="jobs")
     registry = app.state.metrics.registry
     app.state.sets_counter = Counter("searchlab_simulator_document_sets", "document sets served",
                                      ["mode", "quality"], registry=registry)
@@ -74,25 +76,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.ready = True
     yield
     app.state.ready = False
+    await app.state.batcher.close()
     for c in closers:
         c.close()
 
 
-def get_simulator(request: Request) -> Simulator:
-    return request.app.state.simulator  # type: ignore[no-any-return]
-
-
-SimulatorDep = Annotated[Simulator, Depends(get_simulator)]
+SimulatorDep = Annotated[Simulator, Depends(state_dependency("simulator", "the simulator is still starting"))]
 
 
 async def _run(request: Request, jobs: Sequence[SimJob]) -> list[SimResult]:
     batcher: MicroBatcher[SimJob, SimResult] = request.app.state.batcher
-    try:
-        results = await batcher.submit(jobs)
-    except Busy as exc:
-        raise Overloaded(str(exc)) from exc
-    except ServiceCallError as exc:
-        raise ServiceError(502, "upstream_error", f"the {exc.service} service failed: {exc.message}") from exc
+    results = await asyncio.gather(*batcher.submit(jobs))
     for r in results:
         request.app.state.sets_counter.labels(r.mode, r.quality).inc()
         if r.filled:
@@ -145,13 +139,15 @@ def _info(app: FastAPI) -> dict[str, Any]:
     return details
 
 
+def _upstream_error(exc: ServiceCallError) -> ServiceError:
+    return ServiceError(502, "upstream_error", f"the {exc.service} service failed: {exc.message}")
+
+
 def create_simulator_app(settings: SimulatorSettings | None = None) -> FastAPI:
     settings = settings or SimulatorSettings()
-    app = create_app("simulator", settings, lifespan, info=_info)
-
-    @app.exception_handler(SimulatorInputError)
-    async def _bad_input(_: Request, exc: SimulatorInputError) -> JSONResponse:
-        return error_response(422, "invalid_request", str(exc))
-
+    app = create_app("simulator", settings, lifespan, info=_info, errors={
+        SimulatorInputError: maps_to(422, "invalid_request"),
+        ServiceCallError: _upstream_error,
+    })
     app.include_router(router)
     return app

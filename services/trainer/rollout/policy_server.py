@@ -19,16 +19,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.batching import MicroBatcher
 from shared.config import LLMSettings, ServiceSettings
 from shared.llm import Generation, LocalBackend, SamplingParams
-from shared.service import Overloaded, ServiceError, create_app, serve
+from shared.service import ServiceError, create_app, serve
 
 log = logging.getLogger(__name__)
 
@@ -59,70 +59,28 @@ class GenerateRequest(BaseModel):
     return_logprob: bool = False
 
 
-@dataclass
-class _Pending:
-    request: GenerateRequest
-    future: asyncio.Future[Generation] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+def _sampling_key(request: GenerateRequest) -> str:
+    return request.sampling_params.model_dump_json()
 
 
-class Batcher:
-    """Coalesces concurrent requests with equal sampling parameters into one batched decode."""
+def new_batcher(backend: LocalBackend, settings: PolicySettings) -> MicroBatcher[GenerateRequest, Generation]:
+    """The shared micro-batcher over the model: requests with equal sampling parameters are decoded
+    together; a batch waits ``batch_wait_ms`` from when the previous decode is done (``wait="open"``)."""
 
-    def __init__(self, backend: LocalBackend, settings: PolicySettings):
-        self.backend = backend
-        self.settings = settings
-        self.queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=settings.max_queue)
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-    async def submit(self, request: GenerateRequest) -> Generation:
-        pending = _Pending(request)
-        try:
-            self.queue.put_nowait(pending)
-        except asyncio.QueueFull:
-            raise Overloaded("the policy server's queue is full") from None
-        return await pending.future
-
-    async def _loop(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            deadline = asyncio.get_running_loop().time() + self.settings.batch_wait_ms / 1000
-            while len(batch) < self.settings.max_batch:
-                timeout = deadline - asyncio.get_running_loop().time()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), timeout))
-                except TimeoutError:
-                    break
-            groups: dict[str, list[_Pending]] = {}
-            for p in batch:  # one decode per distinct sampling setting
-                groups.setdefault(p.request.sampling_params.model_dump_json(), []).append(p)
-            for members in groups.values():
-                await self._run(members)
-
-    async def _run(self, members: list[_Pending]) -> None:
-        params = members[0].request.sampling_params
+    def generate(requests: list[GenerateRequest]) -> list[Generation]:
+        params = requests[0].sampling_params  # one group: one sampling setting
         stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
-        sampling = SamplingParams(max_new_tokens=min(params.max_new_tokens, self.settings.max_new_tokens_cap),
+        sampling = SamplingParams(max_new_tokens=min(params.max_new_tokens, settings.max_new_tokens_cap),
                                   temperature=params.temperature, top_p=params.top_p, stop=stop,
                                   seed=params.sampling_seed)
         try:
-            results = await asyncio.to_thread(self.backend.generate, [m.request.input_ids for m in members], sampling)
+            return backend.generate([r.input_ids for r in requests], sampling)
         except (RuntimeError, ValueError, IndexError) as exc:  # e.g. an id outside the vocabulary
-            for m in members:
-                if not m.future.done():
-                    m.future.set_exception(ServiceError(400, "generation_failed", str(exc)))
-            return
-        for m, gen in zip(members, results, strict=True):
-            if not m.future.done():
-                m.future.set_result(gen)
+            raise ServiceError(400, "generation_failed", str(exc)) from exc
+
+    return MicroBatcher(generate, max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000,
+                        max_queue=settings.max_queue, wait="open", group_key=_sampling_key,
+                        name="the policy server's queue", unit="requests")
 
 
 def to_sglang(gen: Generation, prompt_len: int, with_logprobs: bool) -> dict[str, Any]:
@@ -145,11 +103,10 @@ def build_app(settings: PolicySettings | None = None) -> FastAPI:
         backend = await asyncio.to_thread(
             LocalBackend, LLMSettings(model=settings.model, dtype=dtype, max_batch_size=settings.max_batch))
         app.state.backend = backend
-        app.state.batcher = Batcher(backend, settings)
-        app.state.batcher.start()
+        app.state.batcher = new_batcher(backend, settings)
         app.state.ready = True
         yield
-        await app.state.batcher.stop()
+        await app.state.batcher.close()
 
     app = create_app("policy", settings, lifespan,
                      info=lambda a: {"model": settings.model, "max_batch": settings.max_batch})
@@ -159,7 +116,7 @@ def build_app(settings: PolicySettings | None = None) -> FastAPI:
         vocab = len(app.state.backend.tokenizer)
         if max(body.input_ids) >= vocab or min(body.input_ids) < 0:
             raise ServiceError(422, "invalid_request", f"input_ids must be token ids in [0, {vocab})")
-        gen = await app.state.batcher.submit(body)
+        gen = await app.state.batcher.submit([body])[0]
         return to_sglang(gen, len(body.input_ids), body.return_logprob)
 
     @app.get("/model_info")

@@ -6,17 +6,26 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Annotated
 
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field, SecretStr
 
+from shared.batching import QueueFull
 from shared.client import ServiceCallError, ServiceClient
 from shared.config import ServiceSettings
 from shared.processes import free_port
-from shared.service import Overloaded, create_app
+from shared.service import Overloaded, create_app, maps_to, state_dependency
+
+
+class Unknown(LookupError):
+    """A service's own error type, mapped to an HTTP error once, in create_app."""
+
+
+Missing = Annotated[object, Depends(state_dependency("missing", "the missing thing is still loading"))]
 
 
 class Echo(BaseModel):
@@ -32,7 +41,8 @@ def build_app(api_key: str | None = None) -> FastAPI:
         yield
 
     settings = ServiceSettings(max_body_bytes=2048, api_key=SecretStr(api_key) if api_key else None)
-    app = create_app("echo", settings, lifespan, info=lambda a: {"answer": 42})
+    app = create_app("echo", settings, lifespan, info=lambda a: {"answer": 42},
+                     errors={Unknown: maps_to(404, "unknown_word", retry_after_s=7)})
 
     @app.post("/echo")
     async def echo(body: Echo) -> dict[str, list[str]]:
@@ -44,6 +54,16 @@ def build_app(api_key: str | None = None) -> FastAPI:
             app.state.busy_left -= 1
             raise Overloaded(retry_after_s=0)
         return {"status": "done"}
+
+    @app.get("/word/{word}")
+    async def word(word: str) -> dict[str, str]:
+        if word == "full":
+            raise QueueFull("the echo queue is full")
+        raise Unknown(f"no word {word!r} here")
+
+    @app.get("/missing")
+    async def missing(thing: Missing) -> dict[str, str]:
+        return {"thing": str(thing)}
 
     return app
 
@@ -157,3 +177,18 @@ def test_client_gives_up_after_capped_retries(url: str) -> None:
         dead.request("GET", "/health")
     assert info.value.status == 0
     assert time.monotonic() - started < 10  # capped: no retrying forever
+
+
+def test_service_errors_map_to_their_status_code_and_headers(url: str) -> None:
+    unknown = httpx.get(url + "/word/xyzzy")
+    assert unknown.status_code == 404 and unknown.headers["retry-after"] == "7"
+    assert error_of(unknown) == {"code": "unknown_word", "message": "no word 'xyzzy' here"}
+    full = httpx.get(url + "/word/full")  # the shared batcher's QueueFull, in every service
+    assert full.status_code == 503 and full.headers["retry-after"] == "1"
+    assert error_of(full) == {"code": "overloaded", "message": "the echo queue is full"}
+
+
+def test_a_state_dependency_is_503_not_ready_until_set(url: str) -> None:
+    response = httpx.get(url + "/missing")
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    assert error_of(response) == {"code": "not_ready", "message": "the missing thing is still loading"}

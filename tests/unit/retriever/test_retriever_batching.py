@@ -84,7 +84,6 @@ class FakeSearch:
 async def test_concurrent_requests_share_batches_and_get_their_own_answers() -> None:
     fake = FakeSearch()
     searcher = Searcher(fake, max_batch=8, max_wait_ms=20, cache_size=0)
-    await searcher.start()
     try:
         queries = [f"q{i}" for i in range(20)]
         results = await asyncio.gather(*(searcher.search([q], 1 + i % 3, "dense") for i, q in enumerate(queries)))
@@ -100,7 +99,6 @@ async def test_concurrent_requests_share_batches_and_get_their_own_answers() -> 
 async def test_modes_are_searched_apart_and_duplicates_once() -> None:
     fake = FakeSearch()
     searcher = Searcher(fake, max_batch=64, max_wait_ms=30, cache_size=0)
-    await searcher.start()
     try:
         await asyncio.gather(searcher.search(["x"], 3, "dense"), searcher.search(["x"], 5, "dense"),
                              searcher.search(["x"], 3, "bm25"))
@@ -112,7 +110,6 @@ async def test_modes_are_searched_apart_and_duplicates_once() -> None:
 async def test_unbatched_searches_each_request_alone_and_cache_answers_repeats() -> None:
     fake = FakeSearch(delay_s=0)
     searcher = Searcher(fake, microbatch=False, cache_size=100)
-    await searcher.start()
     try:
         await asyncio.gather(*(searcher.search([f"q{i}"], 3, "dense") for i in range(5)))
         assert len(fake.calls) == 5
@@ -126,7 +123,6 @@ async def test_unbatched_searches_each_request_alone_and_cache_answers_repeats()
 async def test_too_many_waiting_queries_is_queue_full() -> None:
     fake = FakeSearch(delay_s=0.2)
     searcher = Searcher(fake, max_batch=2, max_wait_ms=0, max_pending=3, cache_size=0)
-    await searcher.start()
     try:
         first = asyncio.create_task(searcher.search(["a", "b", "c"], 1, "dense"))
         await asyncio.sleep(0.01)
@@ -149,7 +145,6 @@ async def test_a_failing_search_fails_its_requests_not_the_batcher() -> None:
         return [_hits(q, topk) for q in queries]
 
     searcher = Searcher(flaky, max_wait_ms=0, cache_size=0)
-    await searcher.start()
     try:
         with pytest.raises(RuntimeError, match="exploded"):
             await searcher.search(["a"], 1, "dense")
