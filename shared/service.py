@@ -21,7 +21,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -301,11 +301,6 @@ def _handler(to_error: ErrorMapper) -> Callable[[Request, Exception], Any]:
         return error_response(error.status, error.code, error.message, error.headers)
 
     return handle
-
-
-async def noop_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    app.state.ready = True
-    yield
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:

@@ -16,37 +16,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header
 from fastapi.responses import FileResponse, StreamingResponse
 
 from services.trainer.config import TrainerSettings
 from services.trainer.jobs.manager import JobError, JobManager
 from shared.schemas import JobCreated, JobList, JobStatus, JobSubmit
-from shared.service import ServiceError, create_app
+from shared.service import ServiceError, create_app, state_dependency
 
-
-def get_manager(request: Request) -> JobManager:
-    manager: JobManager | None = getattr(request.app.state, "jobs", None)
-    if manager is None:
-        raise ServiceError(503, "not_ready", "the trainer is still starting", {"Retry-After": "2"})
-    return manager
-
-
-ManagerDep = Annotated[JobManager, Depends(get_manager)]
+ManagerDep = Annotated[JobManager, Depends(state_dependency("jobs", "the trainer is still starting"))]
 router = APIRouter(tags=["jobs"])
 
 
 def _http(exc: JobError) -> ServiceError:
+    """A JobError carries its own status and code (404 unknown job or artifact, 422 bad kind or config)."""
     return ServiceError(exc.status, exc.code, exc.message)
 
 
 @router.post("/jobs", response_model=JobCreated, status_code=201)
 async def submit_job(body: JobSubmit, jobs: ManagerDep) -> JobCreated:
-    try:
-        job_id = await asyncio.to_thread(jobs.submit, body)
-    except JobError as exc:
-        raise _http(exc) from None
-    return JobCreated(id=job_id)
+    return JobCreated(id=await asyncio.to_thread(jobs.submit, body))
 
 
 @router.get("/jobs", response_model=JobList)
@@ -56,26 +45,17 @@ async def list_jobs(jobs: ManagerDep) -> JobList:
 
 @router.get("/jobs/{job_id}", response_model=JobStatus)
 async def get_job(job_id: str, jobs: ManagerDep) -> JobStatus:
-    try:
-        return await asyncio.to_thread(jobs.get, job_id)
-    except JobError as exc:
-        raise _http(exc) from None
+    return await asyncio.to_thread(jobs.get, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobStatus)
 async def cancel_job(job_id: str, jobs: ManagerDep) -> JobStatus:
-    try:
-        return await asyncio.to_thread(jobs.cancel, job_id)
-    except JobError as exc:
-        raise _http(exc) from None
+    return await asyncio.to_thread(jobs.cancel, job_id)
 
 
 @router.get("/jobs/{job_id}/artifacts/{name:path}")
 async def get_artifact(job_id: str, name: str, jobs: ManagerDep) -> FileResponse:
-    try:
-        path = await asyncio.to_thread(jobs.artifact, job_id, name)
-    except JobError as exc:
-        raise _http(exc) from None
+    path = await asyncio.to_thread(jobs.artifact, job_id, name)
     return FileResponse(path, filename=path.name)
 
 
@@ -84,10 +64,7 @@ async def job_events(job_id: str, jobs: ManagerDep,
                      last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
     """Server-sent events: ``event: state|step|log``, ``id:`` (resume with Last-Event-ID), JSON data;
     the stream ends after the job's final state event."""
-    try:
-        await asyncio.to_thread(jobs.get, job_id)
-    except JobError as exc:
-        raise _http(exc) from None
+    await asyncio.to_thread(jobs.get, job_id)  # an unknown job is a 404 before the stream starts
 
     async def stream() -> AsyncIterator[str]:
         async for event in jobs.events(job_id, last_event_id or "0"):
@@ -118,6 +95,6 @@ def build_app(settings: TrainerSettings | None = None) -> FastAPI:
         return {"kinds": sorted(manager.kinds) if manager else [], "max_running": settings.max_running,
                 "output_dir": str(settings.jobs_dir()), "services": settings.service_urls()}
 
-    app = create_app("trainer", settings, lifespan, info=info, require_auth=True)
+    app = create_app("trainer", settings, lifespan, info=info, require_auth=True, errors={JobError: _http})
     app.include_router(router)
     return app
