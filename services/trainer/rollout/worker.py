@@ -151,8 +151,8 @@ class Worker:
             log.exception("%s: episode %s raised", self.name, group[0].request.episode_id)
             self.queue.fail(group[0], f"{type(exc).__name__}: {exc}", self.name)
             return
-        log.info("%s ran %d episode(s) in %.1fs: %d policy tokens, %d searches (%d failed)", self.name, len(group),
-                 time.monotonic() - started, sum(sum(r.loss_mask) for r in results), sum(r.searches for r in results),
+        log.info("%s ran %d episode(s) of %s@v%d in %.1fs: %d policy tokens, %d searches (%d failed)", self.name,
+                 len(group), policy.owner, policy.version, time.monotonic() - started, sum(sum(r.loss_mask) for r in results), sum(r.searches for r in results),
                  sum(r.search_failures for r in results))
         for d, result in zip(group, results, strict=True):
             if not self.queue.complete(d, result):

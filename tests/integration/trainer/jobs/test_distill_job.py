@@ -44,7 +44,8 @@ def test_distill_job_turns_answered_trajectories_into_sft_records(
 
     # permissive: every trajectory that ended with an answer is kept
     result, episodes = _run(job_client, worker, keep="f1", min_score=0.0)
-    assert f"loading model {smollm2_path}" in worker.log_tail(400)  # the teacher, not the published policy
+    job_id = episodes[0]["episode_id"].rsplit(":", 2)[0]  # episode ids are <job>:<prompt>:<sample>
+    assert f"of {job_id}:teacher@v0 in" in worker.log_tail(400)  # the teacher, named by every episode
     assert result["kept"] == result["answered"] > 0
     assert all(e["answer"] is not None for e in episodes if e["kept"])
 
