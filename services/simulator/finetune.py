@@ -197,11 +197,11 @@ def sft(records: Sequence[SimExample], base_model: str | Path, out_dir: str | Pa
 
     ``on_step(step, total_steps, loss)`` is called after each optimizer step (progress; it may raise to stop)."""
     import torch
-    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from shared.config import hf_offline
     from shared.models import resolve
+    from shared.progress import progress_bar
 
     config = config or FinetuneConfig()
     if not records:
@@ -227,7 +227,7 @@ def sft(records: Sequence[SimExample], base_model: str | Path, out_dir: str | Pa
     trained = 0
     start = time.perf_counter()
     pad = int(tokenizer.pad_token_id)
-    with tqdm(total=total, desc="simulator sft", unit="step") as bar:
+    with progress_bar(total=total, desc="simulator sft", unit="step") as bar:
         for _ in range(config.epochs):
             order = list(range(len(data)))
             rng.shuffle(order)
