@@ -63,9 +63,10 @@ def open_binary(path: str | Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def open_text_for_writing(path: str | Path) -> IO[str]:
-    """A JSONL file for writing; ``.gz`` names are compressed with reproducible bytes (no name, mtime 0)."""
-    if not str(path).endswith(".gz"):
+def open_text_for_writing(path: str | Path, compress: bool | None = None) -> IO[str]:
+    """A JSONL file for writing, compressed (reproducible bytes: no name, mtime 0) when ``compress``
+    says so or, by default, when the name ends in ``.gz``."""
+    if not (str(path).endswith(".gz") if compress is None else compress):
         return open(path, "w", encoding="utf-8")
     raw = open(path, "wb")
     packed = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
