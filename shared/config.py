@@ -127,8 +127,14 @@ class ServiceSettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def hf_offline() -> None:
-    """Never reach a model hub: everything is embedded or on local disk."""
+    """Never reach a model hub: everything is embedded or on local disk. Off a terminal, the hub
+    libraries' own progress bars (transformers' "Loading weights", datasets') stay quiet too."""
+    from shared.progress import interactive
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not interactive():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
