@@ -101,3 +101,15 @@ def small_retriever(small_index: Path, logs_dir: Path) -> Iterator[Proc]:
     proc = start_service("retriever", {"RETRIEVER_INDEX_DIR": str(small_index)}, log_dir=logs_dir)
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def repo_files() -> list[Path]:
+    """Every file a clone of the repository has: tracked and new (not git-ignored) ones."""
+    import subprocess
+
+    from shared.config import REPO_ROOT
+
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    return [REPO_ROOT / name for name in listed if name and (REPO_ROOT / name).is_file()]
