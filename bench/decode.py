@@ -19,12 +19,13 @@ from unittest import mock
 import torch
 
 from shared import llm
-from shared.config import LLMSettings, corpus_path, data_dir
+from shared.config import LLMSettings, corpus_path
+from shared.data import dataset_path, open_text, read_jsonl
 
 
 def prompts(backend: llm.LocalBackend, batch: int, context: int) -> list[list[int]]:
-    rows = [json.loads(line) for line in (data_dir() / "hotpotqa" / "dev.jsonl").open()][:batch]
-    passages = [json.loads(line) for _, line in zip(range(400), corpus_path().open(), strict=False)]
+    rows = list(read_jsonl(dataset_path("hotpotqa")))[:batch]
+    passages = [json.loads(line) for _, line in zip(range(400), open_text(corpus_path()), strict=False)]
     filler = backend.encode(" ".join(str(p.get("text", p.get("contents", ""))) for p in passages))
     out = []
     for i, row in enumerate(rows):

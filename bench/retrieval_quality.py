@@ -15,12 +15,12 @@ and ends with one ``BENCH`` line (``<set>_<mode>_r5`` = any@5, ``..._r5all`` = a
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from services.retriever.engine import Retriever, set_threads
 from services.retriever.index import RunOptions, ensure_index
-from shared.config import cache_dir, corpus_path, data_dir
+from shared.config import cache_dir, corpus_path
+from shared.data import dataset_path, read_jsonl
 
 DATASETS = {"hotpotqa": "hotpotqa", "2wiki": "2wikimultihopqa", "musique": "musique"}
 MODES = ("dense", "bm25", "hybrid")
@@ -28,7 +28,7 @@ KS = (1, 3, 5, 10)
 
 
 def load_questions(name: str) -> list[tuple[str, set[str]]]:
-    rows = [json.loads(line) for line in open(data_dir() / name / "dev.jsonl")]
+    rows = list(read_jsonl(dataset_path(name)))
     return [(r["question"], set(r["supporting_passage_ids"])) for r in rows if r.get("supporting_passage_ids")]
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from services.retriever.engine import Retriever, set_threads
 from services.retriever.index import BuildOptions, RunOptions, build_index, ensure_index
-from shared.config import cache_dir, corpus_path, data_dir
+from shared.config import cache_dir, corpus_path
+from shared.data import dataset_path, open_text, read_jsonl
 from shared.processes import start_service
 
 CONCURRENCY = (1, 8, 64)
@@ -157,10 +158,10 @@ def main() -> None:
     corpus = corpus_path()
     index_dir = ensure_index(corpus, cache_dir() / "indexes" / "wiki_passages-flat",
                              run=RunOptions(threads=build_threads))
-    questions = [json.loads(line)["question"] for line in open(data_dir() / "hotpotqa" / "dev.jsonl")]
+    questions = [r["question"] for r in read_jsonl(dataset_path("hotpotqa"))]
     requests = dict(zip(CONCURRENCY, args.requests, strict=True))
 
-    print(f"# retriever bench: {sum(1 for _ in open(corpus))} passages, {threads or 'default'} torch/FAISS thread(s) "
+    print(f"# retriever bench: {sum(1 for _ in open_text(corpus))} passages, {threads or 'default'} torch/FAISS thread(s) "
           f"({build_threads} for builds), "
           f"load avg {os.getloadavg()[0]:.1f}")
     # -- build speed, sorted vs corpus order
@@ -168,10 +169,10 @@ def main() -> None:
         if args.full_build:
             sample = corpus
         else:
-            lines = open(corpus).readlines()
+            lines = open_text(corpus).readlines()
             sample = Path(tmp) / "sample.jsonl"
             sample.write_text("".join(random.Random(0).sample(lines, args.build_sample)))
-        n_build = sum(1 for _ in open(sample))
+        n_build = sum(1 for _ in open_text(sample))
         build_pps, build_cpu_pps = build_speed(sample, build_threads, sort=True)
         print(f"  build {n_build} passages, length-sorted: {build_pps:.1f} passages/s "
               f"({build_cpu_pps:.1f} per CPU-second)", flush=True)

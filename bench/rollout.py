@@ -24,14 +24,14 @@ from pathlib import Path
 
 from services.trainer.rollout.queue import EpisodeQueue
 from shared.config import cache_dir, corpus_path
-from shared.data import load_split
+from shared.data import load_split, open_text
 from shared.processes import Proc, spawn, start_redis, start_service
 from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeSampling
 
 
 def small_corpus(rows: list[dict], out: Path, first: int = 2000) -> Path:
     wanted = {pid for r in rows for pid in r.get("supporting_passage_ids", [])}
-    with open(corpus_path()) as src, open(out, "w") as dst:
+    with open_text(corpus_path()) as src, open(out, "w") as dst:
         for i, line in enumerate(src):
             if i < first or json.loads(line)["id"] in wanted:
                 dst.write(line)

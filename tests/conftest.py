@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import cache_dir, corpus_path, data_dir
+from shared.config import cache_dir, corpus_path
+from shared.data import dataset_path, open_text
 from shared.processes import Proc, free_port, spawn, start_redis, start_service, wait_http
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,13 +73,13 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 500 passages of the real corpus, plus every supporting passage of the first 30
     HotpotQA dev questions (so those questions are answerable from it)."""
     wanted: set[str] = set()
-    with open(data_dir() / "hotpotqa" / "dev.jsonl") as f:
+    with open_text(dataset_path("hotpotqa")) as f:
         for i, line in enumerate(f):
             if i >= 30:
                 break
             wanted.update(json.loads(line).get("supporting_passage_ids", []))
     out = tmp_path_factory.mktemp("corpus") / "small.jsonl"
-    with open(corpus_path()) as src, open(out, "w") as dst:
+    with open_text(corpus_path()) as src, open(out, "w") as dst:
         for i, line in enumerate(src):
             if i < 500 or json.loads(line)["id"] in wanted:
                 dst.write(line)
@@ -100,3 +101,15 @@ def small_retriever(small_index: Path, logs_dir: Path) -> Iterator[Proc]:
     proc = start_service("retriever", {"RETRIEVER_INDEX_DIR": str(small_index)}, log_dir=logs_dir)
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def repo_files() -> list[Path]:
+    """Every file a clone of the repository has: tracked and new (not git-ignored) ones."""
+    import subprocess
+
+    from shared.config import REPO_ROOT
+
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    return [REPO_ROOT / name for name in listed if name and (REPO_ROOT / name).is_file()]

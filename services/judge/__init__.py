@@ -1,1 +1,1 @@
-"""The judge service: answer scoring by an LLM verdict or a rule metric, batched and cached (DESIGN.md §3)."""
+"""The judge service: answer scoring by an LLM verdict or a rule metric, batched and cached (docs/design.md §3)."""

@@ -11,10 +11,16 @@ An index folder describes itself:
     bm25/                  bm25s index (optional)
 
 Corpus rows are ``{"id","title","text"}`` or FlashRAG's ``{"id","contents"}`` with
-``contents = '"Title"\\ntext'``. The corpus is read and encoded in chunks (memory stays bounded
-by the chunk, apart from the index itself and the BM25 texts), each chunk length-sorted.
-IVF-PQ is the option for corpora that do not fit in RAM as floats (wiki-18: 21M passages):
-it trains on the first chunk(s) and stores ``pq_m`` bytes per passage.
+``contents = '"Title"\\ntext'``, in a ``.jsonl`` or ``.jsonl.gz`` file. The corpus is streamed, never
+loaded whole: one pass counts and hashes it (:func:`services.retriever.plan.scan_corpus`), the second
+reads it in chunks that are encoded (length-sorted) and added to FAISS as they come, while the
+passages go to ``docs.jsonl``. Memory is the encoder, one chunk and the
+index itself (plus the BM25 part, which bm25s builds in RAM: off by default above
+``plan.BM25_AUTO_MAX`` passages when the build is planned by ``searchlab index build``).
+IVF-PQ is the option for corpora that do not fit in RAM as floats (wiki-18: 21M passages): it
+trains on the first ``ivf_train_size`` passages, then adds the rest chunk by chunk, and stores
+``pq_m`` bytes (+ an 8-byte id) per passage. ``plan.py`` chooses the type from the size
+(``--index auto``) and says what a build will cost before it starts.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import shutil
 import time
+from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +39,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from services.retriever.plan import auto_nlist, auto_pq_m, scan_corpus
 from shared.data import Passage, iter_passages
+from shared.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +59,9 @@ BM25_DIR = "bm25"
 
 
 def corpus_fingerprint(path: Path) -> tuple[str, int]:
-    """(sha256 of the file's bytes, number of non-empty lines)."""
-    digest = hashlib.sha256()
-    count = 0
-    with open(path, "rb") as f:
-        for line in f:
-            digest.update(line)
-            count += bool(line.strip())
-    return digest.hexdigest(), count
+    """(sha256 of the corpus's decompressed bytes, number of non-empty lines)."""
+    scan = scan_corpus(path)
+    return scan.sha256, scan.count
 
 
 # --------------------------------------------------------------------------- document store
@@ -68,7 +71,7 @@ class DocStore:
     """The passages of an index folder, read one line at a time from a memory map."""
 
     def __init__(self, folder: Path):
-        self.offsets = np.load(folder / OFFSETS_FILE)  # (n + 1,) int64
+        self.offsets = np.load(folder / OFFSETS_FILE, mmap_mode="r")  # (n + 1,) int64, paged in on demand
         self._file = open(folder / DOCS_FILE, "rb")
         import mmap
 
@@ -89,9 +92,12 @@ class DocStore:
 
 
 class _DocWriter:
+    """Writes ``docs.jsonl`` as passages come; the line offsets are 8 bytes a passage in RAM (an int64
+    array, not a list of Python ints: 168 MB rather than ~840 MB at wiki-18's 21M passages)."""
+
     def __init__(self, folder: Path):
         self._file = open(folder / DOCS_FILE, "wb")
-        self._offsets = [0]
+        self._offsets = array("q", [0])
         self._folder = folder
 
     def add(self, passages: list[Passage]) -> None:
@@ -102,7 +108,7 @@ class _DocWriter:
 
     def finish(self) -> None:
         self._file.close()
-        np.save(self._folder / OFFSETS_FILE, np.asarray(self._offsets, dtype=np.int64))
+        np.save(self._folder / OFFSETS_FILE, np.frombuffer(self._offsets, dtype=np.int64))
 
 
 # --------------------------------------------------------------------------- build options
@@ -150,10 +156,6 @@ class BuildStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _auto_nlist(n: int) -> int:
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
-
-
 def _new_faiss_index(opts: BuildOptions, dim: int, n: int) -> tuple[Any, dict[str, Any]]:
     import faiss
 
@@ -167,8 +169,8 @@ def _new_faiss_index(opts: BuildOptions, dim: int, n: int) -> tuple[Any, dict[st
     if opts.index_type == "ivfpq":
         if n < 256:  # 8-bit PQ trains 256 centroids per sub-quantizer
             raise ValueError(f"ivfpq needs at least 256 passages to train (corpus has {n}); use flat or hnsw")
-        nlist = opts.ivf_nlist or _auto_nlist(min(n, opts.ivf_train_size))
-        pq_m = opts.pq_m or max(1, dim // 8)
+        nlist = opts.ivf_nlist or auto_nlist(min(n, opts.ivf_train_size))
+        pq_m = opts.pq_m or auto_pq_m(dim)
         if dim % pq_m:
             raise ValueError(f"pq_m={pq_m} must divide the encoder dimension {dim}")
         index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{opts.pq_nbits}", faiss.METRIC_INNER_PRODUCT)
@@ -250,12 +252,8 @@ def _build(corpus_path: Path, out_dir: Path, opts: BuildOptions, run: RunOptions
     pending: list[np.ndarray] = []  # IVF-PQ: vectors held until there are enough to train on
     stats = BuildStats(sort_by_length=run.sort_by_length, dtype=enc.dtype, batch_size=run.batch_size)
 
-    from tqdm import tqdm
-
-    passages = iter_passages(corpus_path)
-    if limit is not None:
-        passages = (p for i, p in zip(range(limit), passages, strict=False))
-    with tqdm(total=total, unit="passage", desc=f"index {out_dir.name}", disable=not run.progress) as bar:
+    passages = iter_passages(corpus_path, limit)
+    with progress_bar(total=total, unit="passage", desc=f"index {out_dir.name}", disable=not run.progress) as bar:
         for chunk in _chunks(passages, run.chunk_size):
             docs.add(chunk)
             texts = [p.contents for p in chunk]
@@ -268,7 +266,7 @@ def _build(corpus_path: Path, out_dir: Path, opts: BuildOptions, run: RunOptions
             if index.is_trained:
                 index.add(vecs)
                 continue
-            pending.append(vecs)
+            pending.append(vecs)  # IVF-PQ: held until there are enough to train on, then added
             if sum(len(v) for v in pending) >= min(opts.ivf_train_size, total):
                 _train_and_add(index, pending)
                 pending = []
@@ -318,6 +316,9 @@ def _train_and_add(index: Any, pending: list[np.ndarray]) -> None:
 def _build_bm25(texts: list[str], folder: Path, progress: bool) -> None:
     import bm25s
 
+    from shared.progress import interactive
+
+    progress = progress and interactive()  # bm25s's own tqdm bars: only on a terminal
     tokens = bm25s.tokenize(texts, stopwords="en", show_progress=progress)
     bm25 = bm25s.BM25()
     bm25.index(tokens, show_progress=progress)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr
-from tqdm import tqdm
 
 from services.trainer.data.export import read_samples
 from services.trainer.data.masking import RampSample, ramp_messages, template_name
@@ -36,6 +35,7 @@ from shared.client import RetrieverClient
 from shared.config import cache_dir
 from shared.data import load_split, split_of
 from shared.metrics import gold_answers, normalize_answer
+from shared.progress import progress_bar
 from shared.protocol import MASK_TOKEN, get_template
 from shared.schemas import Hit, SearchMode
 
@@ -169,8 +169,8 @@ def ramp_records(samples: Sequence[RampSample], searcher: _Searcher, config: Col
     stats: Counter[str] = Counter()
     records: list[SFTRecord] = []
     topk = config.topk + (1 if config.exclude_source else 0)
-    for start in tqdm(range(0, len(samples), config.batch_size), desc="coldstart ramp", unit="batch",
-                      disable=None):
+    for start in progress_bar(range(0, len(samples), config.batch_size), desc="coldstart ramp", unit="batch",
+                              disable=None):
         chunk = samples[start:start + config.batch_size]
         queries = [[mask_query(s.masked, i, config.context_words) for i in range(s.n_masks)] for s in chunk]
         flat = searcher.search([q for qs in queries for q in qs], topk)
@@ -224,8 +224,8 @@ def qa_records(dataset: str, searcher: _Searcher, config: ColdStartConfig) -> tu
     rows = [r for r in load_split(dataset, "train") if r.get("supporting_passage_ids")][:config.qa_limit]
     stats: Counter[str] = Counter()
     records: list[SFTRecord] = []
-    for start in tqdm(range(0, len(rows), config.batch_size), desc=f"coldstart {dataset}", unit="batch",
-                      disable=None):
+    for start in progress_bar(range(0, len(rows), config.batch_size), desc=f"coldstart {dataset}", unit="batch",
+                              disable=None):
         chunk = rows[start:start + config.batch_size]
         steps: list[list[tuple[str, list[Hit]]]] = [[] for _ in chunk]
         active = list(range(len(chunk)))

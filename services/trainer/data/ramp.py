@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from tqdm import tqdm
 
 from services.trainer.data.difficulty import ScorerConfig, SpanScorer
 from services.trainer.data.export import read_samples, write_samples, write_verl_parquet
@@ -29,6 +28,7 @@ from services.trainer.data.report import write_ramp_report
 from services.trainer.data.spans import Span, get_selector
 from shared.config import LLMSettings, cache_dir, corpus_path
 from shared.data import Passage, load_passages
+from shared.progress import progress_bar
 from shared.protocol import MASK_TOKEN
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def generate_samples(passages: Sequence[Passage], lexicon: Lexicon, config: Ramp
     if config.strategy == "ppl" and scorer is None:
         scorer = SpanScorer(config.scorer)
     samples: list[RampSample] = []
-    bar = tqdm(total=config.samples, desc=f"ramp {config.selector}/{config.strategy}", unit="sample",
+    bar = progress_bar(total=config.samples, desc=f"ramp {config.selector}/{config.strategy}", unit="sample",
                mininterval=1.0, disable=None)
     for start in range(0, len(order), config.chunk_size):
         chunk = order[start:start + config.chunk_size]

@@ -273,13 +273,13 @@ def main(argv: list[str] | None = None) -> None:
         rows = load_split(args.dataset, "train", args.limit)
         examples = build_examples(rows, _searcher(args), labeller, k=args.k, words=config.words,
                                   sets_per_query=args.sets_per_query)
-    from tqdm import tqdm
+    from shared.progress import progress_bar
 
     bars: list[Any] = []
 
     def progress(step: int, total: int, loss: float) -> None:
         if not bars:
-            bars.append(tqdm(total=total, desc="simulator sft", unit="step"))
+            bars.append(progress_bar(total=total, desc="simulator sft", unit="step"))
         bars[0].update(1)
         bars[0].set_postfix(loss=f"{loss:.3f}")
 

@@ -35,8 +35,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field
 
-from shared.data import load_split
-from shared.protocol import get_template
+from shared.exports import export_verl
+from shared.formats import qa_to_verl
 
 log = logging.getLogger(__name__)
 
@@ -92,40 +92,14 @@ class VerlRun:
 
 
 def qa_to_verl_row(row: dict[str, Any], index: int, split: str, template: str = "search_r1") -> dict[str, Any]:
-    """One QA row (shared schema) as a verl RL parquet row with the search tool's kwargs."""
-    question = str(row["question"])
-    answers = [str(a) for a in row["answers"]]
-    source = str(row.get("source", "qa"))
-    return {
-        "data_source": source,
-        "prompt": get_template(template).build_messages(question),
-        "ability": "fact-reasoning",
-        "reward_model": {"style": "rule", "ground_truth": {"target": answers}},
-        "extra_info": {
-            "split": split, "index": index, "id": str(row.get("id", index)), "question": question,
-            "need_tools_kwargs": True,
-            "tools_kwargs": {"search": {"create_kwargs": {"ground_truth": {"target": answers},
-                                                          "question": question, "data_source": source}}},
-        },
-    }
-
-
-def write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
-    import pandas as pd
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_parquet(path)
-    return path
+    """One QA row (shared schema) as a verl RL parquet row with the search tool's kwargs (the one
+    mapping, :func:`shared.formats.qa_to_verl`, which ``searchlab data import --format search-r1`` inverts)."""
+    return qa_to_verl(row, index, split, template)
 
 
 def export_qa(datasets: list[str], out_dir: Path, template: str = "search_r1") -> tuple[Path, Path]:
     """The ``train`` parts as training data and the ``eval`` parts as validation (never mixed)."""
-    train: list[dict[str, Any]] = []
-    val: list[dict[str, Any]] = []
-    for name in datasets:
-        train += [qa_to_verl_row(r, len(train) + i, "train", template) for i, r in enumerate(load_split(name, "train"))]
-        val += [qa_to_verl_row(r, len(val) + i, "eval", template) for i, r in enumerate(load_split(name, "eval"))]
-    return write_parquet(train, out_dir / "train.parquet"), write_parquet(val, out_dir / "val.parquet")
+    return export_verl(datasets, out_dir, template)
 
 
 # --------------------------------------------------------------------------- tool

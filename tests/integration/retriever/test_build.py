@@ -11,6 +11,7 @@ from services.retriever.__main__ import main
 from services.retriever.engine import Retriever
 from services.retriever.index import BuildOptions, RunOptions, build_index, ensure_index, read_manifest
 from shared.config import corpus_path
+from shared.data import open_text
 
 # One thread: these processes share 2 cores with the services the tests start.
 QUIET = RunOptions(progress=False, threads=1)
@@ -20,7 +21,7 @@ QUIET = RunOptions(progress=False, threads=1)
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 real passages, spread over the corpus."""
     out = tmp_path_factory.mktemp("tiny") / "tiny.jsonl"
-    with open(corpus_path()) as src, open(out, "w") as dst:
+    with open_text(corpus_path()) as src, open(out, "w") as dst:
         for i, line in enumerate(src):
             if i % 440 == 0:
                 dst.write(line)

@@ -10,13 +10,13 @@ import httpx
 import pytest
 
 from shared.client import RetrieverClient
-from shared.config import data_dir
+from shared.data import dataset_path, open_text
 from shared.processes import start_service
 from shared.schemas import RetrieveResponse
 
 
 def _questions(n: int) -> list[dict]:
-    with open(data_dir() / "hotpotqa" / "dev.jsonl") as f:
+    with open_text(dataset_path("hotpotqa")) as f:
         return [json.loads(line) for _, line in zip(range(n), f, strict=False)]
 
 

@@ -10,11 +10,15 @@ import pytest
 from shared.data import (
     DATASETS,
     Passage,
+    available_datasets,
+    dataset_path,
+    iter_passages,
     load_questions,
     load_split,
     passage_from_row,
     read_jsonl,
     split_of,
+    write_jsonl,
 )
 
 
@@ -70,3 +74,51 @@ def test_passage_formats() -> None:
         passage_from_row({"id": "c"})
     with pytest.raises(ValueError, match="JSON object"):
         passage_from_row(["not", "a", "dict"])
+
+
+# --------------------------------------------------------------------------- where data lives
+
+
+def test_the_shipped_data_is_inside_the_repo_and_compressed() -> None:
+    from shared.config import REPO_ROOT, corpus_path
+
+    assert dataset_path("hotpotqa") == REPO_ROOT / "data" / "hotpotqa" / "dev.jsonl.gz"
+    assert corpus_path() == REPO_ROOT / "data" / "corpus" / "wiki_passages.jsonl.gz"
+    assert sum(1 for _ in iter_passages()) == 17_600
+
+
+def test_gz_and_plain_jsonl_read_alike(tmp_path: Path) -> None:
+    rows = [{"id": str(i), "question": f"q{i}", "answers": ["a"]} for i in range(5)]
+    write_jsonl(tmp_path / "x.jsonl", rows)
+    write_jsonl(tmp_path / "x.jsonl.gz", rows)
+    assert (tmp_path / "x.jsonl.gz").read_bytes()[:2] == b"\x1f\x8b"  # really compressed
+    assert list(read_jsonl(tmp_path / "x.jsonl")) == list(read_jsonl(tmp_path / "x.jsonl.gz")) == rows
+    assert load_questions(str(tmp_path / "x.jsonl.gz"))[0]["source"] == "x"
+    again = tmp_path / "again.jsonl.gz"
+    write_jsonl(again, rows)
+    assert again.read_bytes() == (tmp_path / "x.jsonl.gz").read_bytes()  # reproducible bytes
+
+
+def test_imported_datasets_are_found_after_the_shipped_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEARCHLAB_CACHE_DIR", str(tmp_path))
+    rows = [{"id": str(i), "question": f"q{i}", "answers": ["a"], "source": "mine"} for i in range(40)]
+    write_jsonl(tmp_path / "data" / "mine" / "dev.jsonl.gz", rows)
+    write_jsonl(tmp_path / "data" / "hotpotqa" / "dev.jsonl.gz", rows)  # cannot shadow the shipped set
+    assert set(available_datasets()) == {*DATASETS, "mine"}
+    assert available_datasets()["hotpotqa"] == dataset_path("hotpotqa") != tmp_path / "data" / "hotpotqa"
+    train, evaluation = load_split("mine", "train"), load_split("mine", "eval")
+    assert len(train) + len(evaluation) == 40 and {split_of("mine", r["id"]) for r in evaluation} == {"eval"}
+    with pytest.raises(ValueError, match="valid: hotpotqa.*mine"):
+        load_split("yours")
+
+
+def test_data_dir_still_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.config import corpus_path
+
+    monkeypatch.setenv("SEARCHLAB_DATA_DIR", str(tmp_path))
+    write_jsonl(tmp_path / "nq" / "dev.jsonl", [{"id": "1", "question": "q", "answers": ["a"]}])
+    write_jsonl(tmp_path / "corpus" / "wiki_passages.jsonl", [{"id": "p", "title": "T", "text": "x"}])
+    assert dataset_path("nq") == tmp_path / "nq" / "dev.jsonl"
+    assert load_split("nq", "all") == [{"id": "1", "question": "q", "answers": ["a"]}]
+    assert corpus_path() == tmp_path / "corpus" / "wiki_passages.jsonl"
+    assert list(iter_passages()) == [Passage("p", "T", "x")]

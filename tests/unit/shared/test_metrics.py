@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from shared.config import data_dir
+from shared.data import dataset_path, read_jsonl
 from shared.metrics import (
     METRICS,
     MatchResult,
@@ -159,9 +157,7 @@ def test_gold_answers_from_rows() -> None:
 
 
 def _rows(name: str) -> list[dict[str, object]]:
-    path = data_dir() / name / "dev.jsonl"
-    with path.open() as f:
-        return [json.loads(line) for line in f]
+    return list(read_jsonl(dataset_path(name)))
 
 
 def test_real_rows_score_their_own_gold() -> None:

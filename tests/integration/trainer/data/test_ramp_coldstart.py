@@ -12,8 +12,8 @@ import pytest
 from services.trainer.data.coldstart import ColdStartConfig, build_coldstart, contains, mask_query
 from services.trainer.data.ramp import RampConfig, build_ramp, load_samples
 from services.trainer.data.records import SFTRecord, read_records, tokenize_record
-from shared.config import cache_dir, data_dir
-from shared.data import split_of
+from shared.config import cache_dir
+from shared.data import dataset_path, open_text, split_of
 from shared.processes import Proc, start_service
 
 
@@ -38,7 +38,7 @@ def ramp_file(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def first_hotpot_rows(n: int = 30) -> list[dict[str, Any]]:
-    with open(data_dir() / "hotpotqa" / "dev.jsonl") as f:
+    with open_text(dataset_path("hotpotqa")) as f:
         return [json.loads(line) for _, line in zip(range(n), f, strict=False)]
 
 
