@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from shared.processes import Proc
 
 from shared.config import REPO_ROOT, cache_dir
+from shared.processes import Proc
 
 pytestmark = pytest.mark.slow
 
