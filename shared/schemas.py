@@ -177,6 +177,8 @@ class JobStatus(BaseModel):
     error: str | None = None
     created_at: float
     updated_at: float
+    started_at: float | None = None  # when it began running (None: never ran)
+    finished_at: float | None = None  # when it reached a final state
     artifacts: list[str] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
 
