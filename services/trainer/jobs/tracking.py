@@ -85,7 +85,7 @@ class WandbBackend:
     def __init__(self, job_dir: Path, job_id: str, kind: str, config: dict[str, Any]):
         import wandb
 
-        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        mode: Any = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "searchlab"), name=job_id, id=job_id,
                               group=kind, job_type=kind, dir=str(job_dir), config=config, mode=mode,
                               reinit="create_new")
