@@ -9,6 +9,7 @@
     searchlab worker                        run one rollout worker
     searchlab simulator finetune ...        fine-tune the search simulator
     searchlab serve <service>               run one service in the foreground
+    searchlab tensorboard [--logdir DIR]    TensorBoard over every job's folder (local and verl runs)
 
 Each verb forwards its remaining arguments to the module that owns the work.
 """
@@ -46,6 +47,8 @@ def _up(argv: Sequence[str]) -> int:
     for name, url in state.urls.items():
         log.info("%-10s %s", name, url)
     log.info("cluster ready; logs in %s/logs; stop with `searchlab down`", state.run_dir)
+    if "trainer" in state.urls:
+        log.info("dashboard: %s/ (sign in with the api_key of %s)", state.urls["trainer"], cluster.state_path())
     return 0
 
 
@@ -87,6 +90,26 @@ def _serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def _tensorboard(argv: Sequence[str]) -> int:
+    import subprocess
+
+    from services.trainer.config import TrainerSettings
+
+    parser = argparse.ArgumentParser(prog="searchlab tensorboard",
+                                     description="TensorBoard over the trainer's jobs folder: each job's tensorboard/ "
+                                                 "(local engine and verl runs alike) is one run")
+    parser.add_argument("--logdir", type=str, default=None,
+                        help="folder to read (default: the trainer's jobs folder, TRAINER_OUTPUT_DIR or <cache>/jobs)")
+    parser.add_argument("--port", type=int, default=6006)
+    parser.add_argument("--host", default="127.0.0.1")
+    args, extra = parser.parse_known_args(argv)
+    logdir = args.logdir or str(TrainerSettings().jobs_dir())
+    log.info("TensorBoard on http://%s:%d/ over %s", args.host, args.port, logdir)
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", args.host,
+               "--port", str(args.port), *extra]
+    return subprocess.call(command)
+
+
 def _two_words(prefix: str, table: dict[str, str]) -> Callable[[Sequence[str]], int]:
     def run(argv: Sequence[str]) -> int:
         if not argv or argv[0] not in table:
@@ -103,6 +126,7 @@ VERBS: dict[str, Callable[[Sequence[str]], int]] = {
     "down": _down,
     "models": _models,
     "serve": _serve,
+    "tensorboard": _tensorboard,
     "index": _two_words("index", {"build": "services.retriever.__main__:build_main"}),
     "simulator": _two_words("simulator", {"finetune": "services.trainer.learn.simulator_sft:main"}),
     "ramp": lambda argv: _call("services.trainer.data.__main__:main", ["ramp", *argv]),
