@@ -63,13 +63,14 @@ def test_the_page_opens_without_the_key_and_its_data_needs_it(trainer: Proc) -> 
         assert httpx.get(trainer.url + path).status_code == 401, path
 
     client = TrainerClient(trainer.url, KEY, timeout_s=30)
-    view = client.request("GET", "/cluster").json()
-    state = {s["name"]: s for s in [*view["services"], view["redis"]]}
-    assert state["trainer"]["ready"] and state["retriever"]["ready"] and state["redis"]["ready"]
-    assert not state["judge"]["ready"] and "unreachable" in state["judge"]["detail"]
-    assert view["queue"] == {"waiting": 0, "pending": 0, "dead": 0} and view["workers"] == []
-    presets = {p["name"]: p for p in client.request("GET", "/presets").json()["presets"]}
-    assert {"tiny-rl", "tiny-eval"} <= set(presets) and presets["tiny-rl"]["kind"] == "rl"
+    view = client.cluster()
+    state = {s.name: s for s in [*view.services, view.redis]}
+    assert state["trainer"].ready and state["retriever"].ready and state["redis"].ready
+    assert not state["judge"].ready and "unreachable" in state["judge"].detail
+    assert view.queue is not None and (view.queue.waiting, view.queue.pending, view.queue.dead) == (0, 0, 0)
+    assert view.workers == []
+    presets = {p.name: p for p in client.presets()}
+    assert {"tiny-rl", "tiny-eval"} <= set(presets) and presets["tiny-rl"].kind == "rl"
 
 
 class Shots:
@@ -98,9 +99,9 @@ def test_a_user_signs_in_watches_an_rl_job_cancels_another_and_reads_an_eval(
 
     worker = start_worker(private_redis.url, "ui-worker-0", retriever_url=small_retriever.url, batch_size=4)
     client = TrainerClient(trainer.url, KEY, timeout_s=30)
-    presets = {p["name"]: p for p in client.request("GET", "/presets").json()["presets"]}
-    rl_id = client.submit("rl", presets["tiny-rl"]["config"])
-    eval_config = {**presets["tiny-eval"]["config"], "n": 2, "eval": {"max_new_tokens": 8, "max_turns": 1}}
+    presets = {p.name: p for p in client.presets()}
+    rl_id = client.submit("rl", presets["tiny-rl"].config)
+    eval_config = {**presets["tiny-eval"].config, "n": 2, "eval": {"max_new_tokens": 8, "max_turns": 1}}
     eval_id = client.submit("eval", eval_config)  # queued behind the RL job (one job runs at a time)
 
     with sync_playwright() as pw:
