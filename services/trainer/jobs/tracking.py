@@ -4,7 +4,7 @@
     TRAINER_TRACKING=tensorboard,wandb      and a W&B run in <job dir>/wandb/ (offline mode unless
                                             WANDB_API_KEY or WANDB_MODE say otherwise; `wandb sync` later)
     TRAINER_TRACKING=tensorboard,mlflow     and an MLflow run (mlflow must be installed: it is not a
-                                            dependency); <job dir>/mlruns unless MLFLOW_TRACKING_URI is set
+                                            dependency); <job dir>/mlflow.db unless MLFLOW_TRACKING_URI is set
     TRAINER_TRACKING=none                   nothing but metrics.jsonl
 
 ``searchlab tensorboard`` opens the jobs folder, so every job (and a verl run of the project, which
@@ -103,7 +103,8 @@ class MlflowBackend:
     def __init__(self, job_dir: Path, job_id: str, kind: str, config: dict[str, Any]):
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (job_dir / "mlruns").resolve().as_uri()
+        # mlflow 3 refuses a bare ./mlruns file store; a SQLite file in the job folder is its local default
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(job_dir / 'mlflow.db').resolve()}"
         self.client = MlflowClient(tracking_uri=uri)
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "searchlab")
         experiment = self.client.get_experiment_by_name(name)

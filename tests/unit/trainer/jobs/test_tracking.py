@@ -120,3 +120,23 @@ def test_wandb_writes_an_offline_run_in_the_job_folder(tmp_path: Path, monkeypat
     tracker.close()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.slow
+def test_mlflow_run_in_the_job_folder_when_mlflow_is_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow", reason="mlflow is optional (not a dependency): pip install mlflow to run this")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(["mlflow"], tmp_path, "rl-m", "rl", {"steps": 2, "algo": {"name": "grpo"}})
+    tracker.log({"reward_mean": 0.5}, 1)
+    tracker.log({"reward_mean": 0.7}, 2)
+    tracker.close()
+    client = MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}")
+    experiment = client.get_experiment_by_name("searchlab")
+    assert experiment is not None
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "rl-m" and run.info.status == "FINISHED"
+    assert run.data.params["algo.name"] == "grpo"
+    history = client.get_metric_history(run.info.run_id, "critic/score/mean")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.7)]
