@@ -10,8 +10,8 @@ export const clearKey = () => sessionStorage.removeItem(KEY);
 
 export class Unauthorized extends Error {}
 
-export async function api(path, { method = 'GET', body, raw = false, signal } = {}) {
-  const headers = { Authorization: `Bearer ${getKey() || ''}` };
+export async function api(path, { method = 'GET', body, raw = false, signal, headers: extra = {} } = {}) {
+  const headers = { ...extra, Authorization: `Bearer ${getKey() || ''}` };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   const res = await fetch(path, {
     method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
@@ -53,9 +53,9 @@ export const getJob = (id) => api(jobPath(id));
 export const cancelJob = (id) => api(`${jobPath(id)}/cancel`, { method: 'POST' });
 export const submitJob = (kind, config) => api('/jobs', { method: 'POST', body: { kind, config } });
 
-// The job's events from the start (state / step / log), following live ones until the job ends.
-export async function streamEvents(id, onEvent, signal) {
-  const res = await api(`${jobPath(id)}/events`, { raw: true, signal });
+// The job's events after ``lastId`` ('0': from the start), following live ones until the job ends.
+export async function streamEvents(id, onEvent, signal, lastId = '0') {
+  const res = await api(`${jobPath(id)}/events`, { raw: true, signal, headers: { 'Last-Event-ID': lastId } });
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
   for (;;) {

@@ -120,10 +120,20 @@ export function jobView(root, id, ctx) {
     busy = true;
     try { show(await getJob(id)); } catch (err) { if (!ctx.onFailure(err)) head.append(errorBox(err)); } finally { busy = false; }
   };
+  let lastId = '0';
+  let ended = false; // the stream brought the job's final state
+  let drawing = false;
+  const draw = () => {  // at most one redraw per frame, however many steps a replay brings
+    if (drawing) return;
+    drawing = true;
+    requestAnimationFrame(() => { drawing = false; curves.render(); });
+  };
   const onEvent = (e) => {
+    lastId = e.id || lastId;
+    if (e.type === 'state' && TERMINAL.has(e.state)) ended = true;
     if (e.type === 'step') {
       curves.add(e.step, e.metrics);
-      curves.render();
+      draw();
       refresh();
     } else if (e.type === 'state') {
       refresh();
@@ -132,10 +142,18 @@ export function jobView(root, id, ctx) {
     while (eventsList.children.length > MAX_EVENTS) eventsList.lastChild.remove();
   };
 
+  const follow = async () => {
+    const failed = await streamEvents(id, onEvent, abort.signal, lastId).then(() => null, (err) => err);
+    if (abort.signal.aborted || (failed && ctx.onFailure(failed))) return;
+    eventsBox.querySelector('.stream-error')?.remove();
+    if (failed) eventsBox.append(h('p', { class: 'error stream-error' }, `event stream: ${failed.message || failed}`));
+    curves.render();
+    refresh();
+    const over = ended || (job && TERMINAL.has(job.state)) || String(failed && failed.message).startsWith('404');
+    if (!over) setTimeout(follow, 2000); // dropped (a restart, a proxy): resume after the last event seen
+  };
   refresh();
-  streamEvents(id, onEvent, abort.signal).catch((err) => {
-    if (err.name !== 'AbortError' && !ctx.onFailure(err)) eventsBox.append(errorBox(err));
-  }).finally(() => { curves.render(); refresh(); });
+  follow();
   const timer = setInterval(() => { if (!job || !TERMINAL.has(job.state)) refresh(); }, 2000);
   return () => { abort.abort(); clearInterval(timer); curves.destroy(); };
 }

@@ -37,7 +37,7 @@ function jobsTable(jobs, go) {
     h('tbody', {}, jobs.map((job) => h('tr', { class: 'job-row', 'data-job-id': job.id, onclick: () => go(`#/jobs/${encodeURIComponent(job.id)}`) },
       h('td', { class: 'mono' }, h('a', { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id)),
       h('td', {}, job.kind), h('td', {}, badge(job.state)), h('td', {}, progressBar(job.progress)),
-      h('td', {}, job.step), h('td', {}, clock(job.started_at || job.created_at)), h('td', {}, duration(job))))));
+      h('td', {}, job.step), h('td', {}, job.started_at ? clock(job.started_at) : h('span', { class: 'muted' }, `submitted ${clock(job.created_at)}`)), h('td', {}, duration(job))))));
 }
 
 function submitForm(presets, ctx) {
