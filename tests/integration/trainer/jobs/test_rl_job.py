@@ -1,7 +1,6 @@
 """A real RL job through the trainer's API: real Redis, a real retriever, a real rollout worker
 (subprocess), the embedded SmolLM2. Two GRPO steps at tiny sizes: the policy's weights change,
-the published version moves, and the worker reloads each new version and generates with it. The job
-keeps a few trajectories per step, and TensorBoard's own reader finds its step metrics under verl's names."""
+the published version moves, and the worker reloads each new version and generates with it."""
 
 from __future__ import annotations
 
@@ -47,7 +46,7 @@ def test_rl_job_updates_the_policy_and_workers_follow(job_client: TrainerClient,
         assert {"reward_mean", "accuracy", "turns_mean", "searches_mean", "p_noise", "max_masks",
                 "clipfrac", "entropy", "response_length_mean"} <= set(m)
 
-    # a bounded sample of each step's trajectories, the policy's text and the environment's apart
+    # the job keeps a bounded sample of each step's trajectories, the policy's text and the environment's apart
     for step in (1, 2):
         assert f"trajectories/step_000{step}.jsonl" in status.artifacts
     samples = [json.loads(line) for line in job_client.artifact(job_id, "trajectories/step_0001.jsonl").splitlines()]
