@@ -178,7 +178,7 @@ def overrides(cfg: VerlConfig, train: Path, val: Path, tools: Path) -> list[str]
         f"+reward.custom_reward_function.reward_kwargs.format_weight={cfg.format_weight}",
         f"trainer.total_training_steps={cfg.total_training_steps}", f"trainer.n_gpus_per_node={cfg.n_gpus_per_node}",
         f"trainer.nnodes={cfg.nnodes}", f"trainer.project_name={cfg.project}",
-        f"trainer.experiment_name={cfg.experiment}", "trainer.logger=[console,tensorboard]",
+        f"trainer.experiment_name={cfg.experiment}", "trainer.logger=[console]",
     ]
     if cfg.judge_url:
         out.append(f"+reward.custom_reward_function.reward_kwargs.judge_url={cfg.judge_url}")
@@ -242,10 +242,7 @@ def launch(run: VerlRun) -> int:
     if not torch.cuda.is_available():
         raise RuntimeError("the verl engine needs GPUs (SGLang rollouts, FSDP); use the local engine on CPU")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                        os.environ.get("PYTHONPATH", "")]),
-           # verl's tensorboard logger writes here: the run folder's tensorboard/, as a local job's does,
-           # so `searchlab tensorboard` shows verl and local runs side by side
-           "TENSORBOARD_DIR": str(run.out_dir / "tensorboard")}
+                                                        os.environ.get("PYTHONPATH", "")])}
     return subprocess.call(run.command(), env=env, cwd=run.out_dir)
 
 
