@@ -68,6 +68,26 @@ def _down(argv: Sequence[str]) -> int:
     return 0
 
 
+def _tensorboard(argv: Sequence[str]) -> int:
+    import subprocess
+
+    from services.trainer.config import TrainerSettings
+
+    parser = argparse.ArgumentParser(prog="searchlab tensorboard",
+                                     description="TensorBoard over the trainer's jobs folder: each job's tensorboard/ "
+                                                 "(local engine and verl runs alike) is one run")
+    parser.add_argument("--logdir", type=str, default=None,
+                        help="folder to read (default: the trainer's jobs folder, TRAINER_OUTPUT_DIR or <cache>/jobs)")
+    parser.add_argument("--port", type=int, default=6006)
+    parser.add_argument("--host", default="127.0.0.1")
+    args, extra = parser.parse_known_args(argv)
+    logdir = args.logdir or str(TrainerSettings().jobs_dir())
+    log.info("TensorBoard on http://%s:%d/ over %s", args.host, args.port, logdir)
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", args.host,
+               "--port", str(args.port), *extra]
+    return subprocess.call(command)
+
+
 def _models(argv: Sequence[str]) -> int:
     from shared.models import prepare_all
 
@@ -88,26 +108,6 @@ def _serve(argv: Sequence[str]) -> int:
 
     runpy.run_module(f"services.{argv[0]}", run_name="__main__")
     return 0
-
-
-def _tensorboard(argv: Sequence[str]) -> int:
-    import subprocess
-
-    from services.trainer.config import TrainerSettings
-
-    parser = argparse.ArgumentParser(prog="searchlab tensorboard",
-                                     description="TensorBoard over the trainer's jobs folder: each job's tensorboard/ "
-                                                 "(local engine and verl runs alike) is one run")
-    parser.add_argument("--logdir", type=str, default=None,
-                        help="folder to read (default: the trainer's jobs folder, TRAINER_OUTPUT_DIR or <cache>/jobs)")
-    parser.add_argument("--port", type=int, default=6006)
-    parser.add_argument("--host", default="127.0.0.1")
-    args, extra = parser.parse_known_args(argv)
-    logdir = args.logdir or str(TrainerSettings().jobs_dir())
-    log.info("TensorBoard on http://%s:%d/ over %s", args.host, args.port, logdir)
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", args.host,
-               "--port", str(args.port), *extra]
-    return subprocess.call(command)
 
 
 def _two_words(prefix: str, table: dict[str, str]) -> Callable[[Sequence[str]], int]:
