@@ -70,11 +70,21 @@ setup_redis() {
   "$VENV/bin/python" -c 'from shared.processes import redis_server_binary as r; print("redis-server:", r())' >&2
 }
 
+setup_browser() {
+  # Debian's chromium for the dashboard's browser test (Playwright drives the system browser; it never
+  # downloads one). Installed when we are root with apt; elsewhere that test skips and says why.
+  if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+      && [ "${SEARCHLAB_SYSTEM_BROWSER:-1}" = 1 ]; then
+    apt_install chromium && say "installed the chromium system package" \
+      || say "no chromium (not root or no apt): the dashboard's browser test will skip"
+  fi
+}
+
 setup_models() {
   "$VENV/bin/searchlab" models prepare
 }
 
-setup() { setup_venv; setup_redis; setup_models; }
+setup() { setup_venv; setup_redis; setup_browser; setup_models; }
 
 run_tests() {
   say "ruff"; "$VENV/bin/ruff" check .

@@ -10,6 +10,7 @@
     searchlab worker                        run one rollout worker
     searchlab simulator finetune ...        fine-tune the search simulator
     searchlab serve <service>               run one service in the foreground
+    searchlab tensorboard [--logdir DIR]    TensorBoard over every job's folder (local and verl runs)
 
 Each verb forwards its remaining arguments to the module that owns the work.
 """
@@ -47,6 +48,8 @@ def _up(argv: Sequence[str]) -> int:
     for name, url in state.urls.items():
         log.info("%-10s %s", name, url)
     log.info("cluster ready; logs in %s/logs; stop with `searchlab down`", state.run_dir)
+    if "trainer" in state.urls:
+        log.info("dashboard: %s/ (sign in with the api_key of %s)", state.urls["trainer"], cluster.state_path())
     return 0
 
 
@@ -64,6 +67,26 @@ def _down(argv: Sequence[str]) -> int:
     stopped = cluster.down()
     log.info("stopped: %s", ", ".join(stopped) if stopped else "nothing was running")
     return 0
+
+
+def _tensorboard(argv: Sequence[str]) -> int:
+    import subprocess
+
+    from services.trainer.config import TrainerSettings
+
+    parser = argparse.ArgumentParser(prog="searchlab tensorboard",
+                                     description="TensorBoard over the trainer's jobs folder: each job's tensorboard/ "
+                                                 "(local engine and verl runs alike) is one run")
+    parser.add_argument("--logdir", type=str, default=None,
+                        help="folder to read (default: the trainer's jobs folder, TRAINER_OUTPUT_DIR or <cache>/jobs)")
+    parser.add_argument("--port", type=int, default=6006)
+    parser.add_argument("--host", default="127.0.0.1")
+    args, extra = parser.parse_known_args(argv)
+    logdir = args.logdir or str(TrainerSettings().jobs_dir())
+    log.info("TensorBoard on http://%s:%d/ over %s", args.host, args.port, logdir)
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", args.host,
+               "--port", str(args.port), *extra]
+    return subprocess.call(command)
 
 
 def _models(argv: Sequence[str]) -> int:
@@ -102,6 +125,7 @@ VERBS: dict[str, Callable[[Sequence[str]], int]] = {
     "up": _up,
     "status": _status,
     "down": _down,
+    "tensorboard": _tensorboard,
     "models": _models,
     "serve": _serve,
     "data": lambda argv: _call("services.data_cli:main", argv),

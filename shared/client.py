@@ -22,14 +22,17 @@ import httpx
 from pydantic import BaseModel
 
 from shared.schemas import (
+    ClusterView,
     Hit,
     Info,
     JobCreated,
     JobList,
+    JobPreset,
     JobStatus,
     JudgeItem,
     JudgeMethod,
     JudgeResponse,
+    PresetList,
     RetrieveResponse,
     SearchMode,
     SimulateRequest,
@@ -265,6 +268,24 @@ class TrainerClient(ServiceClient):
 
     def artifact(self, job_id: str, name: str) -> bytes:
         return self.request("GET", f"/jobs/{job_id}/artifacts/{name}").content
+
+    def jsonl(self, job_id: str, name: str) -> list[dict[str, Any]]:
+        """A JSONL artifact (metrics.jsonl, trajectories/step_0001.jsonl, eval/predictions.jsonl) as rows."""
+        import json
+
+        return [json.loads(line) for line in self.artifact(job_id, name).decode().splitlines() if line.strip()]
+
+    def presets(self) -> list[JobPreset]:
+        """The ready-made jobs the dashboard offers: ``submit(p.kind, p.config)``."""
+        return self._get("/presets", PresetList).presets
+
+    def cluster(self) -> ClusterView:
+        """What the trainer sees of the cluster: services' readiness, Redis, queue depth, live workers."""
+        return self._get("/cluster", ClusterView)
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"{self.base_url}/"
 
     def events(self, job_id: str) -> Iterator[dict[str, Any]]:
         """Server-sent events of a job, one dict per event, until the job ends."""

@@ -177,6 +177,8 @@ class JobStatus(BaseModel):
     error: str | None = None
     created_at: float
     updated_at: float
+    started_at: float | None = None  # when it began running (None: never ran)
+    finished_at: float | None = None  # when it reached a final state
     artifacts: list[str] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
 
@@ -263,3 +265,50 @@ class EpisodeResult(BaseModel):
     finish_reason: str = ""  # answer | turn_limit | token_limit | error
     error: str | None = None
     elapsed_s: float = 0.0
+
+
+# --------------------------------------------------------------------------- the trainer's dashboard
+
+class JobPreset(BaseModel):
+    """A ready-made job the dashboard offers (``GET /presets``): submit ``{kind, config}`` as is."""
+
+    name: str
+    title: str
+    kind: JobKind
+    config: dict[str, Any] = Field(default_factory=dict)
+    doc: str = ""
+
+
+class PresetList(BaseModel):
+    presets: list[JobPreset]
+
+
+class ServiceProbe(BaseModel):
+    """One service as the trainer sees it: its ``/ready`` (or Redis's PING), with a short timeout."""
+
+    name: str
+    url: str
+    ready: bool
+    detail: str = ""  # "ready", or why not: "HTTP 503", "unreachable (ConnectError)" ...
+
+
+class WorkerView(BaseModel):
+    name: str
+    policies: list[str] = Field(default_factory=list)  # loaded policies, "owner@vN"
+    completed: int = 0  # episodes it finished
+    seen_s: float = 0.0  # seconds since its last heartbeat
+
+
+class QueueStats(BaseModel):
+    waiting: int  # episodes no worker has claimed yet
+    pending: int  # claimed, not finished (in flight)
+    dead: int  # dead letters: episodes that failed every attempt
+
+
+class ClusterView(BaseModel):
+    """``GET /cluster``: what the dashboard's cluster panel shows."""
+
+    services: list[ServiceProbe]  # the trainer, then every service it is configured with
+    redis: ServiceProbe
+    queue: QueueStats | None = None  # None while Redis is unreachable
+    workers: list[WorkerView] = Field(default_factory=list)  # live ones (heartbeat within the visibility timeout)

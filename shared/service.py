@@ -8,7 +8,8 @@
 - one exception handler per error type: ``create_app(errors={ExcType: maps_to(status, code)})``
   instead of a ``try/except -> ServiceError`` in each route; :class:`shared.batching.QueueFull`
   is 503 ``overloaded`` everywhere;
-- optional bearer-token auth (``<SERVICE>_API_KEY``) on every route but health/ready/metrics;
+- optional bearer-token auth (``<SERVICE>_API_KEY``) on every route but health/ready/metrics (and the
+  paths a service opens itself, e.g. the trainer's static dashboard, whose data calls carry the token);
 - request counters and a latency histogram per route.
 
 Routes stay thin (CONVENTIONS.md §1): services add their own routers over an engine kept on
@@ -21,7 +22,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -164,19 +165,25 @@ class AuthAndMetricsMiddleware:
     """
 
     def __init__(self, app: ASGIApp, service: str, metrics: ServiceMetrics, api_key: bytes | None,
-                 auth_paths_prefix: str = "/"):
+                 auth_paths_prefix: str = "/", open_paths: Iterable[str] = (), open_prefixes: Iterable[str] = ()):
         self.app = app
         self.service = service
         self.metrics = metrics
         self.api_key = api_key
         self.auth_paths_prefix = auth_paths_prefix
+        self.open_paths = OPEN_PATHS | frozenset(open_paths)
+        self.open_prefixes = tuple(open_prefixes)
+
+    def _needs_token(self, path: str) -> bool:
+        if path in self.open_paths or path.startswith(self.open_prefixes):
+            return False
+        return path.startswith(self.auth_paths_prefix)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        if self.api_key is not None and path not in OPEN_PATHS and path.startswith(self.auth_paths_prefix):
+        if self.api_key is not None and self._needs_token(scope["path"]):
             header = dict(scope.get("headers") or []).get(b"authorization", b"")
             token = header[7:] if header[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(token, self.api_key):
@@ -231,6 +238,8 @@ def create_app(
     auth_paths_prefix: str = "/",
     require_auth: bool = False,
     errors: Mapping[type[Exception], ErrorMapper] | None = None,
+    open_paths: Iterable[str] = (),
+    open_prefixes: Iterable[str] = (),
 ) -> FastAPI:
     """A FastAPI app with searchlab's common routes, errors, limits, auth and metrics.
 
@@ -240,6 +249,7 @@ def create_app(
     e.g. ``{JudgeInputError: maps_to(422, "invalid_request")}``; given ones replace the defaults
     (:class:`ServiceError` as it is, :class:`QueueFull` -> 503 ``overloaded``).
     ``require_auth``: refuse to start without an API key (the trainer's job endpoints).
+    ``open_paths`` / ``open_prefixes``: more paths served without the token (static files that hold no data).
     """
     if require_auth and settings.api_key is None:
         raise ValueError(f"{service}: an API key is required (set {service.upper()}_API_KEY)")
@@ -252,7 +262,8 @@ def create_app(
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     app.add_middleware(AuthAndMetricsMiddleware, service=service, metrics=metrics, api_key=api_key,
-                       auth_paths_prefix=auth_paths_prefix)
+                       auth_paths_prefix=auth_paths_prefix, open_paths=tuple(open_paths),
+                       open_prefixes=tuple(open_prefixes))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     mappers: dict[type[Exception], ErrorMapper] = {ServiceError: lambda exc: exc, QueueFull: overloaded()}

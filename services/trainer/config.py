@@ -5,10 +5,12 @@
     TRAINER_RETRIEVER_URL / TRAINER_JUDGE_URL / TRAINER_SIMULATOR_URL   services the jobs use
     TRAINER_OUTPUT_DIR=<cache>/jobs          one folder per job: checkpoints, logs, plots, reports
     TRAINER_MAX_RUNNING=1                    jobs run at once (CPU-bound: one is right on 2 cores)
+    TRAINER_TRACKING=tensorboard             step metrics also to: tensorboard,wandb,mlflow (any of them) | none
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -18,6 +20,23 @@ from pydantic_settings import SettingsConfigDict
 from shared.config import ServiceSettings, cache_dir
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+TRACKING_BACKENDS = ("tensorboard", "wandb", "mlflow")  # services/trainer/jobs/tracking.py
+
+
+def parse_tracking(value: str) -> tuple[str, ...]:
+    """``"tensorboard,wandb"`` -> ("tensorboard", "wandb"); ``"none"`` or ``""`` -> (); unknown names raise."""
+    out: list[str] = []
+    for raw in value.split(","):
+        name = raw.strip().lower()
+        if not name or name == "none":
+            continue
+        if name not in TRACKING_BACKENDS:
+            raise ValueError(f"unknown tracking backend '{name}'; valid: {', '.join(TRACKING_BACKENDS)}, none")
+        if importlib.util.find_spec(name) is None:
+            raise ValueError(f"tracking backend '{name}' needs the {name} package (pip install {name})")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
 
 
 class TrainerSettings(ServiceSettings):
@@ -35,6 +54,7 @@ class TrainerSettings(ServiceSettings):
     events_maxlen: int = Field(default=10_000, ge=100)  # events kept per job (approximate trim)
     resume_queued: bool = True  # on start-up, re-run jobs that were queued but never started
     torch_threads: int | None = Field(default=None, ge=1)  # intra-op threads of training (None: torch default)
+    tracking: str = "tensorboard"  # where step metrics also go, comma-separated: tensorboard, wandb, mlflow | none
 
     @model_validator(mode="after")
     def _fallbacks(self) -> TrainerSettings:
@@ -42,7 +62,11 @@ class TrainerSettings(ServiceSettings):
             self.redis_url = os.environ.get("SEARCHLAB_REDIS_URL", DEFAULT_REDIS_URL)
         if self.api_key is not None and not self.api_key.get_secret_value():
             self.api_key = None  # an empty key is no key: the trainer then refuses to start
+        parse_tracking(self.tracking)  # an unknown or missing tracker fails at start-up
         return self
+
+    def tracking_backends(self) -> tuple[str, ...]:
+        return parse_tracking(self.tracking)
 
     def jobs_dir(self) -> Path:
         path = self.output_dir or cache_dir() / "jobs"

@@ -1,4 +1,5 @@
-"""``searchlab up`` -> every service ready -> the notebook runs against it -> ``searchlab down``
+"""``searchlab up`` -> every service ready -> the notebook runs against it (eval, a tiny RL job, one of its
+trajectories and its curves) -> ``searchlab down``
 leaves no process behind. Real processes, real Redis, real models, loopback only."""
 
 from __future__ import annotations
@@ -80,12 +81,15 @@ def test_quickstart_notebook_runs_top_to_bottom(cluster_env: dict[str, str], tmp
     notebook = nbformat.read(REPO / "notebooks" / "quickstart.ipynb", as_version=4)
     NotebookClient(notebook, timeout=1500, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
-    plot = tmp_path / "quickstart_eval.png"
-    assert plot.is_file() and plot.stat().st_size > 5000
+    for name in ("quickstart_eval.png", "quickstart_curves.png"):  # the eval's bars, the RL job's curves
+        plot = tmp_path / name
+        assert plot.is_file() and plot.stat().st_size > 5000, name
     outputs = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                       for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
-    assert "'succeeded'" in outputs  # the eval job's state
+    assert "'succeeded'" in outputs  # the eval job's and the RL job's state
     assert "'direct'" in outputs and "'rag'" in outputs
+    assert "trajectories/step_0002.jsonl" in outputs  # a trajectory sample per RL step
+    assert "--- policy" in outputs and "--- searches:" in outputs  # one trajectory, the model's turns apart
 
 
 def test_down_leaves_no_process_behind(cluster_env: dict[str, str]) -> None:

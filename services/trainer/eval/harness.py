@@ -15,7 +15,10 @@ a path to any JSONL of the same schema (taken whole). Methods, all with the same
 Each method is one job on the queue (``eval-<stamp>-<method>``); rollout workers must be running
 (``searchlab up``), or pass ``--workers N`` to start N local workers for the run. Reported per method
 and dataset: EM, cover-EM, F1 and token recall (``shared.metrics``), mean turns and searches, failed
-searches and errors. Writes ``report.md``, ``report.json`` and ``report.png`` (bar chart) to ``--out``.
+searches and errors. Writes ``report.md``, ``report.json`` and ``report.png`` (bar chart) to ``--out``, and
+``predictions.jsonl`` beside them (as FlashRAG keeps its intermediate data): one line per method and question
+with the question, gold answers, the prediction, the trajectory's turns (policy / observation) and searches,
+and each metric's score, the same numbers the report averages.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from services.trainer.learn.trajectories import Decode, episode_view, tokenizer_decoder, write_jsonl
 from services.trainer.rollout.queue import EpisodeQueue
 from shared.config import cache_dir
 from shared.data import canonical_name, load_questions
@@ -147,6 +151,40 @@ def aggregate(by_method: dict[str, list[EpisodeResult]]) -> dict[str, Any]:
     return methods
 
 
+def predictions(by_method: dict[str, list[EpisodeResult]], rows: dict[str, list[dict[str, Any]]],
+                template: str, decode_for: Callable[[str], Decode]) -> Iterator[dict[str, Any]]:
+    """One record per (method, question), in question order: what was asked, what the model answered, how
+    it got there, and its scores (an errored episode scores 0, as in :func:`summarize`)."""
+    questions = {f"{label}:{row['id']}": (label, row) for label, part in rows.items() for row in part}
+    rank = {episode_id: i for i, episode_id in enumerate(questions)}
+    for method, results in by_method.items():
+        decode = decode_for(method)
+        for r in sorted(results, key=lambda x: rank.get(x.episode_id, len(rank))):
+            label, row = questions.get(r.episode_id, (r.episode_id.split(":", 1)[0], {}))
+            view = episode_view(r, decode, template)
+            failed = r.finish_reason == "error"
+            yield {
+                "method": method, "dataset": label, "id": str(row.get("id", r.episode_id.split(":", 1)[-1])),
+                "question": str(row.get("question", "")), "gold": gold_answers(row) if row else [],
+                "prediction": r.answer, "scores": {s: 0.0 if failed else float(r.scores.get(s, 0.0)) for s in SCORES},
+                **{k: view[k] for k in ("turns", "searches", "n_turns", "n_searches", "search_failures",
+                                        "finish_reason", "error")},
+            }
+
+
+def _decoders(model: str) -> Callable[[str], Decode]:
+    """method -> the tokenizer decode of the model it ran with (``policy:<folder>``: that checkpoint's)."""
+    cache: dict[str, Decode] = {}
+
+    def decode_for(method: str) -> Decode:
+        path = parse_method(method)[1] or model
+        if path not in cache:
+            cache[path] = tokenizer_decoder(path)
+        return cache[path]
+
+    return decode_for
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation {report['stamp']}", "",
              f"Model: `{report['model']}`; retriever top-{report['config']['topk']}; "
@@ -195,7 +233,8 @@ def bar_chart(report: dict[str, Any], path: Path) -> None:
 
 def run_eval(datasets: Sequence[str], methods: Sequence[str], redis_url: str, out_dir: Path,
              n: int | None = None, config: EvalConfig | None = None, model: str = "smollm2") -> dict[str, Any]:
-    """Enqueue every (method, question) episode, wait for the results, write report.{md,json,png}.
+    """Enqueue every (method, question) episode, wait for the results, write report.{md,json,png} and
+    predictions.jsonl.
 
     Workers must be consuming ``redis_url``'s queue. Returns the report dict (also ``report.json``).
     """
@@ -226,6 +265,7 @@ def run_eval(datasets: Sequence[str], methods: Sequence[str], redis_url: str, ou
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown(report))
     bar_chart(report, out_dir / "report.png")
+    write_jsonl(out_dir / "predictions.jsonl", predictions(by_method, rows, config.template, _decoders(model)))
     return report
 
 
@@ -289,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for w in workers:
             w.stop()
     sys.stdout.write(markdown(report) + "\n")
-    sys.stdout.write(f"report: {out}/report.md, report.json, report.png\n")
+    sys.stdout.write(f"report: {out}/report.md, report.json, report.png, predictions.jsonl\n")
     if args.json:
         table = {m: {s: v[s] for s in (*SCORES, "turns", "searches")} for m, v in report["methods"].items()}
         sys.stdout.write(json.dumps(table) + "\n")

@@ -3,9 +3,10 @@
     POST /jobs {"kind", "config"} -> {"id"}     GET /jobs      GET /jobs/{id}
     GET /jobs/{id}/events  (server-sent events)  POST /jobs/{id}/cancel
     GET /jobs/{id}/artifacts/{name}
+    GET /  -> the web dashboard (/ui/), GET /cluster, GET /presets   (services.trainer.jobs.dashboard)
 
-Every route but /health, /ready, /metrics needs ``Authorization: Bearer $TRAINER_API_KEY``;
-the service refuses to start without a key.
+Every route but /health, /ready, /metrics and the dashboard's static files needs
+``Authorization: Bearer $TRAINER_API_KEY``; the service refuses to start without a key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from fastapi import APIRouter, Depends, FastAPI, Header
 from fastapi.responses import FileResponse, StreamingResponse
 
 from services.trainer.config import TrainerSettings
+from services.trainer.jobs import dashboard
 from services.trainer.jobs.manager import JobError, JobManager
+from services.trainer.jobs.overview import ClusterProbe
 from shared.schemas import JobCreated, JobList, JobStatus, JobSubmit
 from shared.service import ServiceError, create_app, state_dependency
 
@@ -82,6 +85,8 @@ def build_app(settings: TrainerSettings | None = None) -> FastAPI:
         manager = JobManager(settings)
         await asyncio.to_thread(manager.start)
         app.state.jobs = manager
+        probe = ClusterProbe(settings.redis_url, settings.service_urls(), f"http://{settings.host}:{settings.port}")
+        app.state.cluster = probe
         app.state.ready = True
         try:
             yield
@@ -89,12 +94,15 @@ def build_app(settings: TrainerSettings | None = None) -> FastAPI:
             app.state.ready = False
             await asyncio.to_thread(manager.shutdown)
             await manager.aclose()
+            await probe.aclose()
 
     def info(app: FastAPI) -> dict[str, Any]:
         manager: JobManager | None = getattr(app.state, "jobs", None)
         return {"kinds": sorted(manager.kinds) if manager else [], "max_running": settings.max_running,
                 "output_dir": str(settings.jobs_dir()), "services": settings.service_urls()}
 
-    app = create_app("trainer", settings, lifespan, info=info, require_auth=True, errors={JobError: _http})
+    app = create_app("trainer", settings, lifespan, info=info, require_auth=True, errors={JobError: _http},
+                     open_paths=dashboard.OPEN_PATHS, open_prefixes=dashboard.OPEN_PREFIXES)
     app.include_router(router)
+    dashboard.mount(app)
     return app

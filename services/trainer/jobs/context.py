@@ -1,5 +1,8 @@
 """What a running job sees: its folder, its settings, progress and metrics reporting, cancellation.
 
+Each :meth:`JobContext.report` goes to the job record, its event stream, ``metrics.jsonl`` and the
+configured trackers (:mod:`services.trainer.jobs.tracking`: TensorBoard by default, verl's names).
+
 :class:`JobContext` writes through a :class:`JobStore` (the three calls below), which the job manager
 implements over Redis; a test or a script can give it any other store. The context imports nothing
 from the manager, so a job kind's code depends on this module only.
@@ -17,6 +20,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from services.trainer.config import TrainerSettings
+from services.trainer.jobs.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +57,12 @@ class JobContext:
         self.settings = settings
         self.dir = job_dir
         self._cancel = cancel
+        self.tracker = Tracker(settings.tracking_backends(), job_dir, job_id, kind, config.model_dump(mode="json"))
 
     # -- reporting ---------------------------------------------------------------------
     def report(self, step: int, metrics: dict[str, Any], progress: float | None = None) -> None:
         """One training/eval step: latest metrics on the job, a ``step`` event, a line of
-        ``metrics.jsonl`` in the job folder."""
+        ``metrics.jsonl`` in the job folder, the numbers to the trackers (``tensorboard/``)."""
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         record = {"step": step, "time": time.time(), **metrics}
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -68,6 +73,7 @@ class JobContext:
         self.store.update(self.job_id, fields)
         self.store.event(self.job_id, "step", {"step": step, "progress": fields.get("progress"), "metrics": numeric})
         self.add_artifact("metrics.jsonl")
+        self.tracker.log(numeric, step)
 
     def log(self, message: str, **extra: Any) -> None:
         log.info("job %s: %s", self.job_id, message)
@@ -94,6 +100,10 @@ class JobContext:
         """``result.json``: what the job produced (checkpoint path, files), for the next job to use."""
         self.artifact_path("result.json").write_text(json.dumps(result, indent=2, default=str))
         self.add_artifact("result.json")
+
+    def close(self) -> None:
+        """The job ended: flush and close its trackers (the manager calls this once)."""
+        self.tracker.close()
 
     # -- cancellation ------------------------------------------------------------------
     def cancelled(self) -> bool:

@@ -9,7 +9,8 @@ Redis layout (prefix ``TRAINER_KEY_PREFIX``, default ``searchlab:trainer``):
 
 - ``<prefix>:jobs``               sorted set of job ids by creation time;
 - ``<prefix>:job:<id>``           hash: kind, state, progress, step, metrics (JSON), error,
-                                  created_at, updated_at, artifacts (JSON), config (JSON), cancel;
+                                  created_at, updated_at, started_at, finished_at, artifacts (JSON),
+                                  config (JSON), cancel;
 - ``<prefix>:job:<id>:events``    stream, one entry per event: ``state`` changes, ``step``
                                   (step, progress, metrics) and ``log`` lines; served as SSE.
 
@@ -170,6 +171,8 @@ class JobManager:
             step=int(float(data.get("step", 0))), metrics=json.loads(data.get("metrics") or "{}"),
             error=data.get("error") or None, created_at=float(data["created_at"]),
             updated_at=float(data["updated_at"]), artifacts=json.loads(data.get("artifacts") or "[]"),
+            started_at=float(data["started_at"]) if data.get("started_at") else None,
+            finished_at=float(data["finished_at"]) if data.get("finished_at") else None,
             config=json.loads(data.get("config") or "{}"),
         )
 
@@ -260,6 +263,8 @@ class JobManager:
             else:
                 self._set_state(job_id, "cancelled")
             return
+        finally:
+            ctx.close()
         fields: dict[str, Any] = {"progress": 1.0}
         if final:
             current = json.loads(self.redis.hget(self._key(job_id), "metrics") or "{}")
@@ -279,6 +284,10 @@ class JobManager:
         fields: dict[str, Any] = {"state": state}
         if error is not None:
             fields["error"] = error
+        if state == "running":
+            fields["started_at"] = time.time()
+        elif state in TERMINAL:
+            fields["finished_at"] = time.time()
         self.update(job_id, fields)
         payload: dict[str, Any] = {"state": state}
         if error:

@@ -50,11 +50,14 @@ def run_sft_job(ctx: JobContext) -> dict[str, Any]:
 def run_rl_job(ctx: JobContext) -> dict[str, Any]:
     from services.trainer.learn.plots import plot_training
     from services.trainer.learn.rl import Rollouts, train_rl
+    from services.trainer.learn.trajectories import sample_name
 
     config = ctx.config
     assert isinstance(config, RLConfig)
 
     def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
+        if (ctx.dir / sample_name(step)).is_file():  # before the step event, so a viewer finds it
+            ctx.add_artifact(sample_name(step))
         ctx.report(step, metrics, progress=step / total)
 
     rollouts = Rollouts(ctx.settings.redis_url, ctx.job_id)
@@ -111,10 +114,11 @@ def run_eval_job(ctx: JobContext) -> dict[str, Any]:
     out = ctx.dir / "eval"
     report = run_eval(config.datasets, config.methods, ctx.settings.redis_url, out, n=config.n, config=config.eval,
                       model=config.model)
-    for name in ("report.json", "report.md", "report.png"):
+    files = ("report.json", "report.md", "report.png", "predictions.jsonl")
+    for name in files:
         if (out / name).is_file():
             ctx.add_artifact(f"eval/{name}")
-    ctx.write_result({**report, "files": {n: str(out / n) for n in ("report.json", "report.md", "report.png")}})
+    ctx.write_result({**report, "files": {n: str(out / n) for n in files}})
     final: dict[str, Any] = {}
     for method, m in report["methods"].items():
         for score in ("cover_em", "em", "f1", "recall", "n"):

@@ -16,7 +16,8 @@ the rollout workers, and the trajectories whose answer is judged correct become 
    metric ``llm``, scored by the workers' judge) or a rule metric of :mod:`shared.metrics` (the
    episode's ``scores``).
 4. **Records** (:func:`trajectory_record`): the response tokens split where the loss mask changes
-   (1: the teacher's text -> ``policy`` segment, 0: the environment's -> ``observation``), each run
+   (1: the teacher's text -> ``policy`` segment, 0: the environment's -> ``observation``; the same split
+   the dashboard shows, :func:`services.trainer.learn.trajectories.segments`), each run
    decoded with the teacher's tokenizer as the workers decode; the prompt is the messages the worker
    rendered. Output: ``distill.jsonl`` (:mod:`services.trainer.data.records` format) and
    ``episodes.jsonl`` (one line per episode: answer, scores, finish reason, kept).
@@ -27,14 +28,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.trainer.data.records import Segment, SegmentRole, SFTRecord, validate_record, write_records
+from services.trainer.data.records import SFTRecord, validate_record, write_records
 from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSource, load_prompts
+from services.trainer.learn.trajectories import Decode, segments, tokenizer_decoder
 from services.trainer.rollout.queue import EpisodeQueue
 from shared.models import check_model_name
 from shared.protocol import get_template, last_action
@@ -147,31 +149,14 @@ def keeps(result: EpisodeResult, rule: KeepRule, min_score: float, template: str
     return score is not None and score >= min_score
 
 
-def _runs(ids: Sequence[int], mask: Sequence[int]) -> Iterator[tuple[SegmentRole, list[int]]]:
-    """Maximal runs of equal loss mask: (policy | observation, token ids)."""
-    start = 0
-    for i in range(1, len(ids) + 1):
-        if i == len(ids) or mask[i] != mask[start]:
-            yield ("policy" if mask[start] else "observation"), list(ids[start:i])
-            start = i
-
-
-def trajectory_record(prompt: Prompt, result: EpisodeResult, template: str, decode: Callable[[list[int]], str],
+def trajectory_record(prompt: Prompt, result: EpisodeResult, template: str, decode: Decode,
                       source: str, teacher: str, sample: int = 0) -> SFTRecord | None:
     """The SFT record of one episode (``None`` when it has no trainable shape, e.g. empty policy text)."""
-    segments: list[Segment] = []
-    for role, ids in _runs(result.response_ids, result.loss_mask):
-        text = decode(ids)
-        if not text:
-            continue  # e.g. only an end-of-turn token, which the record's tokenization adds itself
-        if segments and segments[-1].role == role:
-            segments[-1].text += text
-        else:
-            segments.append(Segment(role, text))
+    parts = segments(result, decode)
     messages = prompt.messages or get_template(template).build_messages(prompt.question)
     record = SFTRecord(
         id=f"distill:{prompt.id}#{sample}",
-        messages=[dict(m) for m in messages], segments=segments, ground_truth=list(prompt.ground_truth),
+        messages=[dict(m) for m in messages], segments=parts, ground_truth=list(prompt.ground_truth),
         source=source,
         meta={"teacher": teacher, "prompt_id": prompt.id, "episode_id": result.episode_id, "answer": result.answer,
               "scores": result.scores, "reward": result.reward, "turns": result.turns, "searches": result.searches,
@@ -189,18 +174,6 @@ def _source_name(prompts: PromptSource) -> str:
     return Path(prompts.path).stem if prompts.path else prompts.dataset
 
 
-def _decoder(teacher: str) -> Callable[[list[int]], str]:
-    """Token ids -> text with the teacher's tokenizer, exactly as the workers' backends decode (shared.llm)."""
-    from transformers import AutoTokenizer
-
-    from shared.config import hf_offline
-    from shared.models import resolve
-
-    hf_offline()
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve(teacher)))
-    return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -215,7 +188,7 @@ def distill(config: DistillConfig, queue: EpisodeQueue, job_id: str, out_dir: Pa
     if not prompts:
         raise ValueError("no prompts to distill")
     teacher = str(resolve(config.teacher))
-    decode = _decoder(config.teacher)
+    decode = tokenizer_decoder(config.teacher)
     source = _source_name(config.prompts)
     requests = build_requests(prompts, config, job_id, teacher)
     by_id = {r.episode_id: (r, prompts[int(r.meta["prompt_index"])]) for r in requests}

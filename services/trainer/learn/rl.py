@@ -9,6 +9,7 @@ One step (``v`` = this job's policy version; every request names it, so jobs nev
     rewards (+ DAPO overlong penalty) -> GRPO advantages     (algos.outcome_advantages)
     recompute log-probs with grad (micro-batches)  -> loss   (algos.policy_loss, + KL to reference)
     AdamW step -> checkpoint policy/v{v+1} -> publish v+1   (the next requests name it; workers load it)
+    keep a few trajectories -> trajectories/step_NNNN.jsonl  (learn/trajectories.py; the dashboard shows them)
 
 Tensors: ``prompt_ids + response_ids`` per episode, right-padded; the response mask is the
 worker's loss mask (1 on policy tokens, 0 on ``<information>`` observation tokens), the old
@@ -48,6 +49,7 @@ from services.trainer.learn.policy import (
 )
 from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSampler, PromptSource, load_prompts
 from services.trainer.learn.rl_curriculum import Curriculum, CurriculumPoint, CurriculumSpec
+from services.trainer.learn.trajectories import sample_name, step_samples, write_jsonl
 from shared.models import resolve
 from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 
@@ -82,6 +84,7 @@ class RLConfig(BaseModel):
     old_logprobs: Literal["auto", "trainer", "rollout"] = "auto"
     step_timeout_s: float = Field(default=900.0, gt=0)  # a step's episodes must all arrive by then
     keep_versions: int = Field(default=2, ge=1)  # policy checkpoints kept on disk
+    trajectory_samples: int = Field(default=8, ge=0, le=64)  # episodes kept per step (trajectories/step_NNNN.jsonl)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -150,6 +153,7 @@ class RLTrainer:
         self.pad_id = int(self.tokenizer.pad_token_id)
         self.version = 1  # the start weights; each update publishes the next
         self.versions: list[Path] = []  # checkpoints this run wrote (the oldest are deleted)
+        self.asked: dict[str, EpisodeRequest] = {}  # this step's requests by episode id (for the samples)
         self.start_path = resolve(config.model)
         self.rollouts.publish(self.version, self.start_path)  # workers generate step 0 with the start weights
 
@@ -193,6 +197,7 @@ class RLTrainer:
             if need <= 0:
                 break
             requests = self._requests(self.sampler.take(need, point), point, tag=f"r{r}g")
+            self.asked.update((q.episode_id, q) for q in requests)
             results = self.rollouts.run(requests, cfg.max_staleness, cfg.step_timeout_s)
             if not cfg.algo.dynamic_sampling:
                 return results, 0
@@ -204,6 +209,16 @@ class RLTrainer:
         if not kept:  # every group was all-equal: train on the last round anyway (zero advantages, no update)
             kept = last
         return kept, dropped
+
+    def keep_samples(self, step: int, results: Sequence[EpisodeResult]) -> None:
+        """A bounded sample of the step's trajectories, decoded: ``trajectories/step_NNNN.jsonl``."""
+        if self.config.trajectory_samples == 0:
+            return
+        rows = step_samples(step, results, self.asked, self.config.trajectory_samples, self._decode)
+        write_jsonl(self.out_dir / sample_name(step), rows)
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def _reward(self, result: EpisodeResult) -> float:
         return result.reward + overlong(len(result.response_ids), self.config.algo)
@@ -267,7 +282,9 @@ class RLTrainer:
     def step(self, step: int) -> dict[str, float]:
         point = self.curriculum.at(step)
         t0 = time.monotonic()
+        self.asked = {}
         results, dropped = self.gather(point)
+        self.keep_samples(step + 1, results)
         t1 = time.monotonic()
         metrics = self.update(results)
         self.version += 1

@@ -1,5 +1,6 @@
 """The eval harness end to end: a JSONL dataset, every method, a real worker, retriever and Redis;
-report.md / report.json / report.png and the ``--json`` table."""
+report.md / report.json / report.png, predictions.jsonl (what each method answered, how, and its scores:
+the numbers the report averages) and the ``--json`` table."""
 
 from __future__ import annotations
 
@@ -45,5 +46,23 @@ def test_eval_runs_every_method_through_the_queue(tmp_path: Path, private_redis:
     md = (out / "report.md").read_text()
     assert "## tiny" in md and "| rag | 3 |" in md and "| direct | 3 |" in md
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 3 * 4
+    by_method: dict[str, list[dict[str, object]]] = {}
+    for p in predictions:
+        by_method.setdefault(str(p["method"]), []).append(p)
+    for name, preds in by_method.items():
+        assert [p["id"] for p in preds] == [str(r["id"]) for r in rows], name  # question order
+        assert [p["question"] for p in preds] == [r["question"] for r in rows]
+        for score in ("em", "cover_em", "f1", "recall"):  # the same numbers the report averages
+            mean = sum(float(p["scores"][score]) for p in preds) / 3  # type: ignore[index]
+            assert mean == pytest.approx(report["methods"][name][score]), (name, score)
+        for p in preds:
+            assert p["gold"] and set(p) >= {"prediction", "turns", "searches", "finish_reason"}
+            assert not p["turns"] or p["turns"][0]["role"] == "policy"  # type: ignore[index]
+    assert all(p["n_searches"] == 1 for p in by_method["rag"])
+    assert all(t["role"] == "policy" for p in by_method["direct"] for t in p["turns"])  # type: ignore[attr-defined]
+
     table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(table["agent"]) >= {"cover_em", "em", "f1", "recall"}

@@ -46,6 +46,29 @@ def test_rl_job_updates_the_policy_and_workers_follow(job_client: TrainerClient,
         assert {"reward_mean", "accuracy", "turns_mean", "searches_mean", "p_noise", "max_masks",
                 "clipfrac", "entropy", "response_length_mean"} <= set(m)
 
+    # the job keeps a bounded sample of each step's trajectories, the policy's text and the environment's apart
+    for step in (1, 2):
+        assert f"trajectories/step_000{step}.jsonl" in status.artifacts
+    samples = [json.loads(line) for line in job_client.artifact(job_id, "trajectories/step_0001.jsonl").splitlines()]
+    assert len(samples) == 4  # batch 2 x group 2, under the default bound of 8
+    for s in samples:
+        assert s["step"] == 1 and s["question"] and s["ground_truth"] and s["prompt"]
+        assert s["turns"][0]["role"] == "policy" and {t["role"] for t in s["turns"]} <= {"policy", "observation"}
+        assert set(s["reward_parts"]) >= {"format", "answer"}
+    assert sum(s["reward"] for s in samples) / 4 == pytest.approx(steps[0]["metrics"]["reward_mean"])
+
+    # TensorBoard's own reader: every step, under verl's metric names (ours in searchlab/)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(result["checkpoint"]).parent / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"critic/score/mean", "response_length/mean", "actor/pg_loss", "actor/entropy", "actor/ppo_kl",
+            "searchlab/accuracy", "searchlab/turns_mean"} <= tags
+    scores = events.Scalars("critic/score/mean")
+    assert [e.step for e in scores] == [1, 2]
+    assert [e.value for e in scores] == pytest.approx([e["metrics"]["reward_mean"] for e in steps])
+
     # the weights moved
     from safetensors.torch import load_file
 
