@@ -17,6 +17,9 @@ What the overrides select, beyond the paper's numbers (recipes.py):
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,8 @@ from services.trainer.verl.recipes import ADV_ESTIMATOR, Recipe
 
 if TYPE_CHECKING:
     from services.trainer.verl.run import VerlConfig
+
+log = logging.getLogger(__name__)
 
 REWARD_FN_PATH = Path(__file__).with_name("reward.py")
 
@@ -72,6 +77,7 @@ def overrides(cfg: VerlConfig, recipe: Recipe, files: StageFiles) -> list[str]:
         f"{r}.agent.default_agent_loop={AGENT_NAME}", f"{r}.agent.agent_loop_config_path={files.agent_loop}",
         f"{r}.agent.num_workers={cfg.agent_workers}", f"+{r}.agent.agent_loop_manager_class={MANAGER_TARGET}",
         f"algorithm.adv_estimator={ADV_ESTIMATOR[algorithm]}", "algorithm.use_kl_in_reward=false",
+        "critic.enable=false",
         f"reward.custom_reward_function.path={REWARD_FN_PATH}", "reward.custom_reward_function.name=compute_score",
         "reward.reward_manager.name=naive",
         *[f"+reward.custom_reward_function.reward_kwargs.{k}={v}" for k, v in reward_kwargs(cfg, recipe).items()],
@@ -101,8 +107,8 @@ def reward_kwargs(cfg: VerlConfig, recipe: Recipe) -> dict[str, Any]:
 
 
 def compose(overrides_: list[str]) -> Any:
-    """verl's ``ppo_trainer`` config with our overrides, checked by verl's own config dataclasses and by the
-    ``validate_config`` its ``main_ppo`` runs before training.
+    """verl's ``ppo_trainer`` config with our overrides, as ``main_ppo`` sees it (legacy reward keys
+    migrated), checked by verl's own config dataclasses and by the ``validate_config`` it runs first.
 
     Raises ``ValueError`` naming the problem when an override does not fit verl's schema.
     """
@@ -112,19 +118,23 @@ def compose(overrides_: list[str]) -> Any:
     from hydra.errors import HydraException
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+    from verl.experimental.reward_loop import migrate_legacy_reward_impl
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import omega_conf_to_dataclass, validate_config
 
     config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
     try:
         with initialize_config_dir(config_dir=config_dir, version_base=None):
-            cfg = hydra_compose(config_name="ppo_trainer", overrides=overrides_)
+            cfg = migrate_legacy_reward_impl(hydra_compose(config_name="ppo_trainer", overrides=overrides_))
         omega_conf_to_dataclass(cfg.algorithm)
         omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
         omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
         resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         assert isinstance(resolved, DictConfig)
-        validate_config(resolved, use_reference_policy=need_reference_policy(resolved), use_critic=need_critic(resolved))
+        with contextlib.redirect_stdout(io.StringIO()) as said:  # verl prints its verdict; the CLI's stdout is
+            validate_config(resolved, use_reference_policy=need_reference_policy(resolved),  # the command
+                            use_critic=need_critic(resolved))
+        log.debug("verl validate_config: %s", said.getvalue().strip())
     except (HydraException, OmegaConfBaseException, AssertionError, ValueError, TypeError) as exc:
         raise ValueError(f"verl config rejected: {exc}") from exc
     return cfg

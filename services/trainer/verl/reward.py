@@ -27,22 +27,19 @@ policy or by the environment, and the searches the environment really ran. The s
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from services.trainer.verl.loop_config import TRACE_KEY, LoopRuntime
-from shared.batching import MicroBatcher
-from shared.client import JudgeClient, ServiceCallError
+from services.trainer.verl.judging import judge_for
+from services.trainer.verl.loop_config import TRACE_KEY
+from shared.client import ServiceCallError
 from shared.protocol import extract_answer
 from shared.rewards import OverlongConfig, RewardConfig, check_trajectory_format, compute_reward
 
 log = logging.getLogger(__name__)
 
 
-CACHE_SIZE = 100_000
 
 
 def gold_list(ground_truth: Any) -> list[str]:
@@ -55,48 +52,6 @@ def gold_list(ground_truth: Any) -> list[str]:
         items = ground_truth.tolist() if hasattr(ground_truth, "tolist") else list(ground_truth)
         return [str(g) for g in items]
     return [str(ground_truth)]
-
-
-# --------------------------------------------------------------------------- the judge, batched and cached
-
-
-class JudgeBatcher:
-    """Answers of concurrent samples go to the judge service together; a (question, gold, answer) seen
-    before is not asked again."""
-
-    def __init__(self, url: str, api_key: str | None, *, max_batch: int = 64, window_s: float = 0.02):
-        self.client = JudgeClient(url, api_key, timeout_s=120.0)
-        self.cache: OrderedDict[tuple[str, tuple[str, ...], str], float] = OrderedDict()
-        self.batcher: MicroBatcher[dict[str, Any], float] = MicroBatcher(
-            self._judge, max_batch=max_batch, max_wait_s=window_s, max_queue=1 << 16, concurrency=4,
-            name="the judge batcher")
-        self.calls = 0  # POST /judge requests sent (tests and logs)
-
-    def _judge(self, items: list[dict[str, Any]]) -> list[float]:
-        self.calls += 1
-        return [float(s) for s in self.client.judge(items, "llm").scores]
-
-    async def score(self, question: str, gold: list[str], answer: str) -> float:
-        key = (question, tuple(gold), answer)
-        if key in self.cache:
-            self.cache.move_to_end(key)
-            return self.cache[key]
-        value = await self.batcher.submit([{"question": question, "gold": gold, "prediction": answer}])[0]
-        self.cache[key] = value
-        while len(self.cache) > CACHE_SIZE:
-            self.cache.popitem(last=False)
-        return value
-
-
-_JUDGES: dict[tuple[int, str], JudgeBatcher] = {}
-
-
-def judge_for(url: str) -> JudgeBatcher:
-    """One batcher per event loop and judge URL (verl's reward workers are async Ray actors)."""
-    key = (id(asyncio.get_running_loop()), url)
-    if key not in _JUDGES:
-        _JUDGES[key] = JudgeBatcher(url, LoopRuntime().key())
-    return _JUDGES[key]
 
 
 # --------------------------------------------------------------------------- compute_score
