@@ -22,13 +22,11 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from services.trainer.verl.config import VerlConfig
 from services.trainer.verl.loop_config import AGENT_NAME, MANAGER_TARGET
 from services.trainer.verl.recipes import ADV_ESTIMATOR, Recipe
-
-if TYPE_CHECKING:
-    from services.trainer.verl.run import VerlConfig
 
 log = logging.getLogger(__name__)
 
