@@ -2,7 +2,7 @@
 
 verl's ``AgentLoopWorker`` (a Ray actor; ``rollout.agent.num_workers`` of them) runs, for every sample
 of a step, the loop its registry names (``default_agent_loop=searchlab``, registered from the run's
-``agent_loop.yaml``)::
+``agent_loop.yaml``; importing this module registers it too, without overwriting the YAML's entry)::
 
     SearchlabAgentLoop.run(sampling_params, **row)        # row: parquet columns + raw_prompt, uid, index,
                                                           #      searchlab_step (verl's global step, manager.py)
@@ -38,7 +38,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
+from verl.experimental.agent_loop.agent_loop import (
+    AgentLoopBase,
+    AgentLoopMetrics,
+    AgentLoopOutput,
+    _agent_loop_registry,
+)
 
 from services.trainer.learn.rl_curriculum import Curriculum, CurriculumSpec
 from services.trainer.rollout.agent import ANSWER_PREFILL, EpisodeSteps
@@ -46,7 +51,7 @@ from services.trainer.rollout.async_agent import AsyncAgent, AsyncSearcher
 from services.trainer.rollout.queue import EpisodeQueue
 from services.trainer.rollout.search import SearchEndpoints
 from services.trainer.rollout.waiter import ResultWaiter
-from services.trainer.verl.loop_config import AGENT_NAME, TRACE_KEY, LoopConfig, LoopRuntime
+from services.trainer.verl.loop_config import AGENT_NAME, LOOP_TARGET, TRACE_KEY, LoopConfig, LoopRuntime
 from shared.llm import Generation, HFTokenizer, SamplingParams
 from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeSampling, PolicyRef, RemoteGeneration
 
@@ -97,7 +102,6 @@ def server_urls(server_manager: Any) -> list[str]:
 # --------------------------------------------------------------------------- the loop
 
 
-@register(AGENT_NAME)
 class SearchlabAgentLoop(AgentLoopBase):
     """verl's ``AgentLoopBase`` over searchlab's episode (``searchlab:`` in agent_loop.yaml: a LoopConfig)."""
 
@@ -188,6 +192,18 @@ class SearchlabAgentLoop(AgentLoopBase):
                               "length" if out.stop_reason == "length" else "stop")
 
         return await proc.agent.run(request.model_copy(update={"job_id": proc.job_id}), steps, generate)
+
+
+def _register() -> None:
+    """verl's registry entry for the loop, unless the run's ``agent_loop.yaml`` put one there already.
+
+    verl's ``register`` decorator would overwrite that entry (the one carrying the run's LoopConfig) when
+    this module is first imported, and verl imports it inside the first sample's instantiation, after the
+    worker has read the YAML: every later sample would get a loop without its config."""
+    _agent_loop_registry.setdefault(AGENT_NAME, {"_target_": LOOP_TARGET})
+
+
+_register()
 
 
 # --------------------------------------------------------------------------- output

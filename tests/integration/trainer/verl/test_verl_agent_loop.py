@@ -12,7 +12,8 @@ What stands in, and why: verl's ``AsyncLLMServerManager`` routes to ``SGLangHttp
 wrap GPU SGLang engines, so it cannot run here; :class:`HTTPServerManager` has the same ``generate``
 signature, ``TokenOutput`` and max-token rule and sends the same request to ``/generate`` of the policy
 server. The workers are constructed directly instead of as Ray actors (``ray.remote`` only changes where
-they run), and ``_LocalActor`` answers ``handle.compute_score.remote(data)`` like a Ray actor handle.
+they run; :mod:`services.trainer.verl.local`), and ``LocalActor`` answers ``handle.compute_score.remote(data)``
+like a Ray actor handle.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -33,8 +33,7 @@ import redis
 
 from services.trainer.rollout.queue import EPISODES, GROUP
 from services.trainer.verl.agent_loop import runs
-from services.trainer.verl.manager import SearchlabAgentLoopWorker
-from services.trainer.verl.server_manager import HTTPServerManager
+from services.trainer.verl.local import LocalAgentLoopWorker, http_server_manager
 from shared.noise_schedule import p_noise
 from shared.processes import Proc
 
@@ -42,32 +41,6 @@ pytestmark = pytest.mark.slow
 
 # environment text: observation blocks, and after the final nudge the answer block it opens
 OBSERVATIONS = re.compile(r"(\s*<information>.*?</information>\s*)+(<answer>)?", re.S)
-
-
-class _LocalActor:
-    """Answers ``handle.method.remote(...)`` with the local object's coroutine, as a Ray actor handle would."""
-
-    def __init__(self, obj: Any):
-        self._obj = obj
-
-    def __getattr__(self, name: str) -> Any:
-        return SimpleNamespace(remote=getattr(self._obj, name))
-
-
-class CPUAgentLoopWorker(SearchlabAgentLoopWorker):
-    """verl's agent-loop worker with its server manager given (verl's own hook: ``if not hasattr(self,
-    "server_manager")``), constructed in this process."""
-
-    def __init__(self, config: Any, server_manager: Any, reward_worker: Any):
-        self.server_manager = server_manager
-        super().__init__(config, servers=[], load_balancer_handle=None,
-                         reward_loop_worker_handles=[_LocalActor(reward_worker)])
-
-
-def server_manager(config: Any, url: str) -> HTTPServerManager:
-    rollout = config.actor_rollout_ref.rollout
-    return HTTPServerManager([url], prompt_length=rollout.prompt_length, response_length=rollout.response_length,
-                             max_model_len=rollout.prompt_length + rollout.response_length)
 
 
 def batch_of(config: Any, parquet: Path, prompts: int, n: int, step: int) -> Any:
@@ -90,7 +63,7 @@ def generate(config: Any, url: str, batch: Any) -> Any:
     from verl.experimental.reward_loop import RewardLoopWorker
 
     async def go() -> Any:
-        worker = CPUAgentLoopWorker(config, server_manager(config, url), RewardLoopWorker(config))
+        worker = LocalAgentLoopWorker(config, http_server_manager(config, [url]), RewardLoopWorker(config))
         return await worker.generate_sequences(batch)
 
     return asyncio.run(go())
@@ -186,7 +159,7 @@ def test_each_sample_gets_the_step_s_noise_and_validation_the_retriever(verl_con
     total = int(config.trainer.total_training_steps)
 
     async def requests() -> list[Any]:
-        worker = CPUAgentLoopWorker(config, server_manager(config, policy_server.url), reward_worker=None)
+        worker = LocalAgentLoopWorker(config, http_server_manager(config, [policy_server.url]))
         loop = hydra.utils.instantiate(_agent_loop_registry["searchlab"], trainer_config=DictConfigWrap(config),
                                        server_manager=worker.server_manager, tokenizer=worker.tokenizer,
                                        processor=None, dataset_cls=worker.dataset_cls,

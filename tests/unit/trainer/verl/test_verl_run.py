@@ -179,3 +179,22 @@ def test_dry_run_prints_the_command_and_writes_the_run(tmp_path: Path, capsys: p
     assert (tmp_path / "command.sh").read_text() == out
     assert verl_engine.main(["--recipe", "search_r1", "--out", str(tmp_path / "x"), "--model", "/m",
                              "--retriever-url", "http://r", "--datasets", "musique", "--dry-run"]) == 2
+
+
+def test_importing_the_loop_keeps_the_runs_registry_entry(runs: dict[str, verl_engine.VerlRun]) -> None:
+    """verl reads agent_loop.yaml into its registry, then imports our module inside the first sample's
+    instantiation; the import must not replace the entry that carries the run's config (a fresh interpreter,
+    as in a verl agent-loop worker)."""
+    import subprocess
+    import sys
+
+    path = runs["search_r1"].stages[0].agent_loop
+    code = ("from omegaconf import OmegaConf\n"
+            "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry as registry\n"
+            f"for entry in OmegaConf.load({str(path)!r}):\n"
+            "    registry[entry.name] = entry\n"  # what AgentLoopWorker.__init__ does
+            "import services.trainer.verl.agent_loop\n"
+            "print(registry['searchlab']['searchlab']['retriever_url'])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == URLS["retriever_url"]
