@@ -13,7 +13,7 @@ rewards, the output ``DataProto``) is verl's code, unchanged.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from services.trainer.verl.manager import SearchlabAgentLoopWorker
 from services.trainer.verl.server_manager import HTTPServerManager
@@ -34,8 +34,8 @@ class LocalAgentLoopWorker(SearchlabAgentLoopWorker):
 
     def __init__(self, config: Any, server_manager: Any, reward_worker: Any = None):
         self.server_manager = server_manager
-        handles = [LocalActor(reward_worker)] if reward_worker is not None else None
-        super().__init__(config, servers=[], load_balancer_handle=None, reward_loop_worker_handles=handles)
+        handles: Any = [LocalActor(reward_worker)] if reward_worker is not None else None
+        super().__init__(config, servers=[], load_balancer_handle=cast(Any, None), reward_loop_worker_handles=handles)
 
 
 def http_server_manager(config: Any, urls: list[str]) -> HTTPServerManager:
