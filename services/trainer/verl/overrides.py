@@ -85,7 +85,21 @@ def overrides(cfg: VerlConfig, recipe: Recipe, files: StageFiles) -> list[str]:
         f"trainer.save_freq={cfg.save_freq}", f"trainer.test_freq={cfg.test_freq}", "trainer.resume_mode=auto",
         f"trainer.max_actor_ckpt_to_keep={cfg.max_checkpoints}", f"trainer.default_local_dir={files.checkpoints}",
     ]
-    return out + list(cfg.extra_overrides)
+    return merge_overrides(out, cfg.extra_overrides)
+
+
+def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
+    """``base`` with ``extra`` applied: an extra override of a key already set replaces it in place (one
+    value per key on the command line), new keys are appended."""
+    key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
+    out = list(base)
+    for override in extra:
+        at = next((i for i, o in enumerate(out) if key(o) == key(override)), None)
+        if at is None:
+            out.append(override)
+        else:
+            out[at] = override if not out[at].startswith("+") or override.startswith("+") else "+" + override
+    return out
 
 
 def _kl(cfg: VerlConfig, recipe: Recipe) -> float:

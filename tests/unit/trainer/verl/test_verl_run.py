@@ -172,10 +172,11 @@ def test_dry_run_prints_the_command_and_writes_the_run(tmp_path: Path, capsys: p
     code = verl_engine.main(["--recipe", "search_r1", "--out", str(tmp_path), "--model", "/models/policy",
                              "--retriever-url", "http://127.0.0.1:8001", "--datasets", "musique",
                              "--train-batch-size", "8", "--override", "trainer.val_before_train=false",
-                             "--dry-run"])
+                             "--override", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", "--dry-run"])
     assert code == 0
     out = capsys.readouterr().out
     assert "verl.trainer.main_ppo" in out and "trainer.val_before_train=false" in out
+    assert out.count("ppo_micro_batch_size_per_gpu=") == 1 and "actor.ppo_micro_batch_size_per_gpu=4" in out
     assert (tmp_path / "command.sh").read_text() == out
     assert verl_engine.main(["--recipe", "search_r1", "--out", str(tmp_path / "x"), "--model", "/m",
                              "--retriever-url", "http://r", "--datasets", "musique", "--dry-run"]) == 2
