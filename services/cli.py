@@ -6,7 +6,11 @@
     searchlab data list|import|export ...   datasets and corpora: list them, import FlashRAG/Search-R1/HF data
     searchlab index build ...               build a retriever index (FAISS + BM25)
     searchlab ramp ... | coldstart ...      MaskSearch RAMP data and cold-start trajectories
-    searchlab eval ...                      evaluate methods/policies on a dataset
+    searchlab eval ... [--policy DIR]       evaluate methods/policies on a dataset (DIR: a checkpoint; a verl
+                                            checkpoint is merged to an HF folder first)
+    searchlab train <kind> --config ...     submit a job to the running cluster's trainer
+    searchlab train --engine verl --recipe {search_r1,research,zerosearch,masksearch} --out DIR ...
+                                            write + validate a verl run (--dry-run: print its command)
     searchlab worker                        run one rollout worker
     searchlab simulator finetune ...        fine-tune the search simulator
     searchlab serve <service>               run one service in the foreground
@@ -111,6 +115,43 @@ def _serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def _take(argv: list[str], flag: str) -> list[str]:
+    """Remove every ``flag VALUE`` pair from ``argv``; the values, in order."""
+    values = []
+    while flag in argv:
+        i = argv.index(flag)
+        if i + 1 >= len(argv):
+            raise SystemExit(f"{flag} needs a value")
+        values.append(argv[i + 1])
+        del argv[i:i + 2]
+    return values
+
+
+def _eval(argv: Sequence[str]) -> int:
+    """``--policy DIR`` adds ``policy:DIR`` to the methods; a verl checkpoint is merged to HF once first."""
+    from services.trainer.verl.checkpoint import ensure_hf, is_verl_checkpoint
+
+    args = list(argv)
+    policies = [str(ensure_hf(p)) if is_verl_checkpoint(p) else p for p in _take(args, "--policy")]
+    if policies:
+        methods = (_take(args, "--methods") or ["direct,rag,agent"])[-1]
+        args += ["--methods", ",".join([methods, *(f"policy:{p}" for p in policies)])]
+    return _call("services.trainer.eval.harness:main", args)
+
+
+def _train(argv: Sequence[str]) -> int:
+    """``--engine verl``: the verl run writer; ``--engine local`` (or none): a job on the cluster's trainer."""
+    args = list(argv)
+    engines = _take(args, "--engine")
+    engine = engines[-1] if engines else "local"
+    if engine == "verl":
+        return _call("services.trainer.verl.run:main", args)
+    if engine != "local":
+        sys.stderr.write(f"unknown engine '{engine}'; valid: local, verl\n")
+        return 2
+    return _call("services.demo:train_main", args)
+
+
 def _two_words(prefix: str, table: dict[str, str]) -> Callable[[Sequence[str]], int]:
     def run(argv: Sequence[str]) -> int:
         if not argv or argv[0] not in table:
@@ -133,9 +174,9 @@ VERBS: dict[str, Callable[[Sequence[str]], int]] = {
     "simulator": _two_words("simulator", {"finetune": "services.trainer.learn.simulator_sft:main"}),
     "ramp": lambda argv: _call("services.trainer.data.__main__:main", ["ramp", *argv]),
     "coldstart": lambda argv: _call("services.trainer.data.__main__:main", ["coldstart", *argv]),
-    "eval": lambda argv: _call("services.trainer.eval.harness:main", argv),
+    "eval": _eval,
     "worker": lambda argv: _call("services.trainer.rollout.worker:main", argv),
-    "train": lambda argv: _call("services.demo:train_main", argv),
+    "train": _train,
     "demo": lambda argv: _call("services.demo:main", argv),
 }
 

@@ -308,18 +308,48 @@ class OpenAIBackend(_Tokenization):
         """SGLang's native ``/generate``: token ids in, token ids and log-probs out."""
 
         def one(prompt: list[int]) -> Generation:
-            params: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens,
-                                      "temperature": sampling.temperature, "top_p": sampling.top_p}
-            if sampling.stop:
-                params["stop"] = sampling.stop
-            if sampling.seed is not None:
-                params["sampling_seed"] = sampling.seed
-            body = {"input_ids": prompt, "sampling_params": params, "return_logprob": True,
-                    "logprob_start_len": -1}
-            data = self.http.request("POST", "/generate", json=body).json()
+            data = self.http.request("POST", "/generate", json=sglang_generate_body(prompt, sampling)).json()
             return parse_sglang_generate(data)
 
         return self._map(one, prompts)
+
+
+class HFTokenizer(_Tokenization):
+    """Tokenization only (no model): for code that generates elsewhere, e.g. on remote SGLang servers."""
+
+    def __init__(self, name_or_path: str):
+        hf_offline()
+        from transformers import AutoTokenizer
+
+        from shared.models import ModelNotFound, resolve
+
+        try:
+            source = str(resolve(name_or_path))
+        except ModelNotFound:  # a hub name (the GPU cluster's HF cache has it)
+            source = name_or_path
+        self.model_name = name_or_path
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+
+    @classmethod
+    def wrap(cls, tokenizer: Any, name: str = "") -> HFTokenizer:
+        """An already loaded transformers tokenizer (e.g. the one verl hands its agent loops)."""
+        self = cls.__new__(cls)
+        self.model_name, self.tokenizer = name, tokenizer
+        return self
+
+
+def sglang_generate_body(prompt: list[int], sampling: SamplingParams,
+                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """SGLang's native ``/generate`` request: token ids in, token ids and log-probs out.
+
+    ``extra``: more SGLang sampling parameters (``top_k``, ``repetition_penalty``, ...)."""
+    params: dict[str, Any] = {**(extra or {}), "max_new_tokens": sampling.max_new_tokens,
+                              "temperature": sampling.temperature, "top_p": sampling.top_p}
+    if sampling.stop:
+        params["stop"] = sampling.stop
+    if sampling.seed is not None:
+        params["sampling_seed"] = sampling.seed
+    return {"input_ids": prompt, "sampling_params": params, "return_logprob": True, "logprob_start_len": -1}
 
 
 def parse_sglang_generate(data: dict[str, Any]) -> Generation:

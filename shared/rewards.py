@@ -2,8 +2,8 @@
 
 Every reward function has the same shape::
 
-    reward_fn(response, gold, *, config=RewardConfig(), answer_score=None, response_length=None)
-        -> RewardBreakdown(format, answer, penalty, total, ...)
+    reward_fn(response, gold, *, config=RewardConfig(), answer_score=None, response_length=None,
+              format_check=None) -> RewardBreakdown(format, answer, penalty, total, ...)
 
 - ``response`` is the policy's part of the trajectory (generated text plus appended observations),
   not the prompt. A response without an answer scores 0 for the answer part; nothing here raises on
@@ -57,6 +57,7 @@ __all__ = [
     "answer_candidates",
     "answer_reward",
     "check_format",
+    "check_trajectory_format",
     "compute_reward",
     "enumeration_guard",
     "get_reward_fn",
@@ -186,6 +187,29 @@ def _fmt(ok: bool, reason: str, response: str, tpl: Template) -> FormatCheck:
     return FormatCheck(ok, reason, len(find_blocks(response, tpl.search_tag)), len(find_blocks(response, tpl.answer_tag)))
 
 
+def check_trajectory_format(segments: Sequence[tuple[bool, str]] | None, response: str,
+                            template: str | Template = "search_r1", *, searches: int = 0, min_searches: int = 0,
+                            allow_stray_text: bool = False) -> FormatCheck:
+    """The format of a trajectory whose environment parts are known, not guessed from the text.
+
+    ``segments``: the response as ``(written_by_environment, text)`` pieces in order (None: unknown, so
+    every piece of ``response`` counts as the policy's). An observation tag in the policy's own text is a
+    fabricated observation (no search returned it): the format fails, whatever the tags look like. Then
+    :func:`check_format` over the whole text, and at least ``min_searches`` real ``searches`` (searches
+    the environment ran, not search tags counted).
+    """
+    tpl = get_template(template)
+    pieces = list(segments) if segments is not None else [(False, response)]
+    text = "".join(t for _, t in pieces) if segments is not None else response
+    observation = (f"<{tpl.observation_tag}>", f"</{tpl.observation_tag}>")
+    if any(not env and any(tag in piece for tag in observation) for env, piece in pieces):
+        return _fmt(False, f"<{tpl.observation_tag}> written by the policy: no search returned it", text, tpl)
+    fmt = check_format(text, tpl, allow_stray_text)
+    if fmt.ok and searches < min_searches:
+        return _fmt(False, f"{searches} real search(es); the format asks for at least {min_searches}", text, tpl)
+    return fmt
+
+
 # --------------------------------------------------------------------------- guards
 
 
@@ -296,16 +320,18 @@ def _breakdown(format_part: float, weight: float, s: _Scored, fmt: FormatCheck, 
 
 
 def hybrid_reward(response: str, gold: Gold, *, config: RewardConfig | None = None,
-                  answer_score: float | None = None, response_length: int | None = None) -> RewardBreakdown:
+                  answer_score: float | None = None, response_length: int | None = None,
+                  format_check: FormatCheck | None = None) -> RewardBreakdown:
     """MaskSearch's hybrid reward: ``format_weight * format_ok + answer_weight * answer_score``."""
     config = config or RewardConfig()
-    fmt = check_format(response, config.template, config.allow_stray_text)
+    fmt = format_check if format_check is not None else check_format(response, config.template, config.allow_stray_text)
     s = _score(response, gold, config, answer_score)
     return _breakdown(config.format_weight * fmt.ok, config.answer_weight, s, fmt, config, response_length)
 
 
 def search_r1_reward(response: str, gold: Gold, *, config: RewardConfig | None = None,
-                     answer_score: float | None = None, response_length: int | None = None) -> RewardBreakdown:
+                     answer_score: float | None = None, response_length: int | None = None,
+                     format_check: FormatCheck | None = None) -> RewardBreakdown:
     """Search-R1's format-aware reward (``qa_em_format``), generalised to scores in [0, 1].
 
     Well-formed: ``max(score, structure_format_score)``; malformed with an answer:
@@ -313,7 +339,7 @@ def search_r1_reward(response: str, gold: Gold, *, config: RewardConfig | None =
     With EM and the defaults this is Search-R1's table: 1 / 0.2 / 0.8 / 0.1 / 0.
     """
     config = config or RewardConfig(metric="em")
-    fmt = check_format(response, config.template, config.allow_stray_text)
+    fmt = format_check if format_check is not None else check_format(response, config.template, config.allow_stray_text)
     s = _score(response, gold, config, answer_score)
     if fmt.ok:
         pre = max(s.guarded, config.structure_format_score)
@@ -325,13 +351,14 @@ def search_r1_reward(response: str, gold: Gold, *, config: RewardConfig | None =
 
 
 def research_reward(response: str, gold: Gold, *, config: RewardConfig | None = None,
-                    answer_score: float | None = None, response_length: int | None = None) -> RewardBreakdown:
+                    answer_score: float | None = None, response_length: int | None = None,
+                    format_check: FormatCheck | None = None) -> RewardBreakdown:
     """ReSearch's reward: bad format -> 0; else the answer score if > 0, else ``research_format_score``.
 
     The answer of a malformed response is not scored (its answer part is 0), as in ReSearch.
     """
     config = config or RewardConfig(template="research", metric="f1")
-    fmt = check_format(response, config.template, config.allow_stray_text)
+    fmt = format_check if format_check is not None else check_format(response, config.template, config.allow_stray_text)
     if not fmt.ok:
         s = _Scored(extract_answer(response, config.template), 0.0, 0.0, None, ())
         return _breakdown(0.0, 1.0, s, fmt, config, response_length)
@@ -359,10 +386,13 @@ def get_reward_fn(name: str) -> RewardFn:
 
 
 def compute_reward(name: str, response: str, gold: Gold, config: RewardConfig | None = None,
-                   answer_score: float | None = None, response_length: int | None = None) -> RewardBreakdown:
-    """``get_reward_fn(name)(response, gold, ...)``: the entry point for config-driven trainers."""
+                   answer_score: float | None = None, response_length: int | None = None,
+                   format_check: FormatCheck | None = None) -> RewardBreakdown:
+    """``get_reward_fn(name)(response, gold, ...)``: the entry point for config-driven trainers.
+
+    ``format_check``: a verdict already reached with more than the text (:func:`check_trajectory_format`)."""
     return get_reward_fn(name)(response, gold, config=config, answer_score=answer_score,
-                               response_length=response_length)
+                               response_length=response_length, format_check=format_check)
 
 
 # --------------------------------------------------------------------------- judge path

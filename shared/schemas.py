@@ -215,6 +215,16 @@ class PolicyRef(BaseModel):
     path: str  # the model folder (or embedded name) a worker loads; workers keep an LRU of loaded policies
 
 
+class RemoteGeneration(BaseModel):
+    """Where an episode is generated when it names its own rollout servers (verl's SGLang replicas)
+    instead of a policy folder the worker loads: the worker sends token ids to ``POST /generate`` of one
+    of ``base_urls`` (picked per episode, least loaded first, then kept for the episode's turns)."""
+
+    base_urls: list[str] = Field(min_length=1)  # SGLang-compatible servers, e.g. http://10.0.0.5:30000
+    tokenizer: str  # the servers' model (folder or name): its tokenizer encodes observations on the worker
+    sampling: dict[str, Any] = Field(default_factory=dict)  # more SGLang sampling params (top_k, repetition_penalty)
+
+
 class EpisodeRequest(BaseModel):
     """One trajectory to run, as queued on ``searchlab:episodes``."""
 
@@ -225,8 +235,10 @@ class EpisodeRequest(BaseModel):
     template: str = "search_r1"  # shared.protocol template name
     question: str = ""
     messages: list[dict[str, str]] | None = None  # a pre-built prompt (e.g. RAMP); else built from question
+    prompt_ids: list[int] | None = None  # the prompt already tokenized (verl's chat template); wins over messages
     ground_truth: list[str] = Field(default_factory=list)
     policy: PolicyRef | None = None  # None: the worker's own configured model (WORKER_LLM__MODEL), version 0
+    generation: RemoteGeneration | None = None  # set: generate on these servers (the policy is not loaded)
     search_backend: SearchBackendName = "retriever"
     p_noise: float | None = Field(default=None, ge=0.0, le=1.0)  # simulator: noisy-document probability
     topk: int = Field(default=3, ge=1, le=50)

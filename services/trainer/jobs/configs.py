@@ -1,22 +1,46 @@
 """Typed configs of the job kinds that wrap a pipeline (validated at ``POST /jobs``: a bad field is a 422).
 
-The kinds that train (``sft``, ``rl``, ``distill``) use their pipeline's own config as is
-(:class:`~services.trainer.learn.sft.SFTConfig`, :class:`~services.trainer.learn.rl.RLConfig`,
-:class:`~services.trainer.learn.distill.DistillConfig`); the ones here add what a job fills in from the
-trainer's settings (service URLs) or from its folder.
+The kinds that train (``sft``, ``distill``) use their pipeline's own config as is
+(:class:`~services.trainer.learn.sft.SFTConfig`, :class:`~services.trainer.learn.distill.DistillConfig`);
+``rl`` adds the training engine to :class:`~services.trainer.learn.rl.RLConfig`; the ones here add what a
+job fills in from the trainer's settings (service URLs) or from its folder.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.trainer.data.coldstart import ColdStartConfig
 from services.trainer.eval.harness import EvalConfig, parse_method
+from services.trainer.learn.rl import RLConfig
 from services.trainer.learn.simulator_sft import FinetuneConfig
 from shared.data import DATASETS, canonical_name
 from shared.models import check_model_name
+
+
+class RLJobConfig(RLConfig):
+    """An ``rl`` job on either training engine (an unknown engine is a 422, never ignored).
+
+    ``local``: PyTorch in the trainer, episodes on the queue (every other field). ``verl``: a verl run, from
+    ``model`` and ``verl`` (:class:`~services.trainer.verl.run.VerlConfig` fields: recipe, dispatch, sizes;
+    service URLs default to the trainer's), prepared and validated in the job folder (``verl/``, the same
+    directory ``searchlab train --engine verl`` writes) with its command recorded; launching it on a GPU
+    cluster is not this job's part."""
+
+    engine: Literal["local", "verl"] = "local"
+    verl: dict[str, Any] = Field(default_factory=dict)  # engine "verl": VerlConfig fields (checked at submission)
+
+    @model_validator(mode="after")
+    def _verl_fields(self) -> RLJobConfig:
+        if self.verl and self.engine != "verl":
+            raise ValueError("'verl' settings need engine 'verl'")
+        if self.engine == "verl":
+            from services.trainer.verl.config import VerlConfig
+
+            VerlConfig.model_validate({"model_path": self.model, **self.verl})  # a bad field is a 422 here
+        return self
 
 
 class ColdStartJobConfig(ColdStartConfig):

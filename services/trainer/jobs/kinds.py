@@ -16,10 +16,14 @@ from pydantic import BaseModel
 
 from services.trainer.data.ramp import RampConfig
 from services.trainer.jobs import runners
-from services.trainer.jobs.configs import ColdStartJobConfig, EvalJobConfig, SimulatorSFTJobConfig
+from services.trainer.jobs.configs import (
+    ColdStartJobConfig,
+    EvalJobConfig,
+    RLJobConfig,
+    SimulatorSFTJobConfig,
+)
 from services.trainer.jobs.context import JobContext
 from services.trainer.learn.distill import DistillConfig
-from services.trainer.learn.rl import RLConfig
 from services.trainer.learn.sft import SFTConfig
 
 RunFn = Callable[[JobContext], dict[str, Any] | None]
@@ -35,7 +39,9 @@ class JobKindSpec:
 JOB_KINDS: dict[str, JobKindSpec] = {
     "sft": JobKindSpec(SFTConfig, runners.run_sft_job,
                        "supervised fine-tuning on trajectory records (observation-masked)"),
-    "rl": JobKindSpec(RLConfig, runners.run_rl_job, "GRPO / DAPO with rollouts on the episode queue"),
+    "rl": JobKindSpec(RLJobConfig, runners.run_rl_job,
+                      "GRPO / DAPO with rollouts on the episode queue (engine local), or a verl run prepared "
+                      "and validated (engine verl)"),
     "ramp": JobKindSpec(RampConfig, runners.run_ramp_job, "MaskSearch RAMP samples from corpus passages"),
     "coldstart": JobKindSpec(ColdStartJobConfig, runners.run_coldstart_job,
                              "scripted cold-start trajectories (RAMP + QA train part) with real retrieval"),

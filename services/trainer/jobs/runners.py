@@ -1,7 +1,9 @@
 """What each job kind runs: a typed config and the job's context in, the pipeline's final metrics out.
 
 - ``sft``:       :func:`services.trainer.learn.sft.train_sft` (trajectory records -> a checkpoint)
-- ``rl``:        :func:`services.trainer.learn.rl.train_rl` (GRPO / DAPO with episodes on the rollout queue)
+- ``rl``:        :func:`services.trainer.learn.rl.train_rl` (GRPO / DAPO with episodes on the rollout queue), or
+                 with ``engine: "verl"`` :func:`services.trainer.verl.run.prepare` (the verl run directory,
+                 validated in verl's config tree, its command recorded in ``result.json``; not launched)
 - ``ramp``:      :func:`services.trainer.data.ramp.build_ramp` (MaskSearch RAMP samples from corpus passages)
 - ``coldstart``: :func:`services.trainer.data.coldstart.build_coldstart` (scripted trajectories with real
                  retrieval: RAMP samples and QA ``train``-part questions -> SFT records)
@@ -24,10 +26,14 @@ from typing import Any
 
 from services.trainer.data.coldstart import ColdStartConfig
 from services.trainer.data.ramp import RampConfig
-from services.trainer.jobs.configs import ColdStartJobConfig, EvalJobConfig, SimulatorSFTJobConfig
+from services.trainer.jobs.configs import (
+    ColdStartJobConfig,
+    EvalJobConfig,
+    RLJobConfig,
+    SimulatorSFTJobConfig,
+)
 from services.trainer.jobs.context import JobContext, numeric
 from services.trainer.learn.distill import DistillConfig
-from services.trainer.learn.rl import RLConfig
 from services.trainer.learn.sft import SFTConfig
 
 
@@ -53,7 +59,9 @@ def run_rl_job(ctx: JobContext) -> dict[str, Any]:
     from services.trainer.learn.trajectories import sample_name
 
     config = ctx.config
-    assert isinstance(config, RLConfig)
+    assert isinstance(config, RLJobConfig)
+    if config.engine == "verl":
+        return run_verl_job(ctx, config)
 
     def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
         if (ctx.dir / sample_name(step)).is_file():  # before the step event, so a viewer finds it
@@ -71,6 +79,32 @@ def run_rl_job(ctx: JobContext) -> dict[str, Any]:
     ctx.add_artifact("curves.png")
     ctx.write_result(result)
     return numeric(result)
+
+
+def run_verl_job(ctx: JobContext, config: RLJobConfig) -> dict[str, Any]:
+    """Prepare and validate the verl run (the CLI's run directory, under ``verl/``); record its command."""
+    from services.trainer.verl.config import VerlConfig
+    from services.trainer.verl.run import prepare
+    from shared.models import ModelNotFound, resolve
+
+    try:
+        model = str(resolve(config.model))
+    except ModelNotFound:  # a hub name: the GPU cluster resolves it
+        model = config.model
+    services = {"retriever_url": ctx.settings.retriever_url, "simulator_url": ctx.settings.simulator_url,
+                "judge_url": ctx.settings.judge_url}
+    spec = VerlConfig.model_validate({"model_path": model, **services, **config.verl})
+    run = prepare(spec, ctx.dir / "verl")
+    for name in ("command.sh", "run.json"):
+        ctx.add_artifact(f"verl/{name}")
+    for stage in run.stages:
+        ctx.add_artifact(str((stage.dir / "overrides.txt").relative_to(ctx.dir)))
+        ctx.add_artifact(str(stage.agent_loop.relative_to(ctx.dir)))
+    ctx.write_result({"engine": "verl", "recipe": run.recipe, "launched": False, "run_dir": str(run.out_dir),
+                      "command": run.script(), "commands": run.commands(),
+                      "stages": [{"name": s.name, "train_rows": s.train_rows, "total_steps": s.total_steps}
+                                 for s in run.stages]})
+    return {"stages": float(len(run.stages)), "train_rows": float(sum(s.train_rows for s in run.stages))}
 
 
 def _retriever_url(ctx: JobContext, configured: str | None) -> str:

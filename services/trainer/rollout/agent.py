@@ -17,6 +17,10 @@ Methods (``EpisodeRequest.method``; all end in an :class:`EpisodeResult` with sc
 Per-turn batching: every trajectory waiting to generate is decoded in one ``backend.generate`` call
 (grouped by sampling settings); then every pending search of the turn runs concurrently.
 
+The transitions live in :class:`EpisodeSteps` (tokenization only, no generation and no waiting), so the
+same state machine also runs one episode at a time as a coroutine with remote generation
+(:mod:`services.trainer.rollout.async_agent`: the worker's remote lane and searchlab's verl agent loop).
+
 Tokens: ``prompt_ids`` come from the chat template; the response is the policy's generated ids
 (loss mask 1, its own log-probs) interleaved with observation ids (loss mask 0, log-prob 0.0). An
 observation is tokenized on its own and appended, so the mask boundary is exact. Every environment
@@ -33,10 +37,11 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from services.trainer.rollout.search import SearchOutcome, SearchQuery, SearchRegistry
 from shared.client import JudgeClient, ServiceCallError
-from shared.llm import Generation, LLMBackend, SamplingParams
+from shared.llm import Generation, LLMBackend, Messages, SamplingParams
 from shared.metrics import METRICS, best_match
 from shared.protocol import Template, extract_answer, format_documents, get_template, last_action
 from shared.rewards import RewardConfig, compute_reward
@@ -127,37 +132,30 @@ class Trajectory:
         self.segments.append(text)
 
 
-# --------------------------------------------------------------------------- runner
+# --------------------------------------------------------------------------- the transitions
 
 
-class AgentRunner:
-    """Runs batches of episodes with one policy backend, the search backends and (optionally) the judge."""
+class Tokenizing(Protocol):
+    """What the transitions need of a model: its tokenizer (an :class:`~shared.llm.LLMBackend` is one)."""
 
-    def __init__(self, backend: LLMBackend, search: SearchRegistry, judge: JudgeClient | None = None,
-                 worker: str = "", policy_version: int = 0):
-        self.backend = backend
-        self.search = search
-        self.judge = judge
+    def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+class EpisodeSteps:
+    """The agent's transitions on one trajectory: start it, take a generation, take a search outcome,
+    score it. Nothing here generates or waits, so a batched runner and a coroutine per episode share it."""
+
+    def __init__(self, tokens: Tokenizing, worker: str = "", policy_version: int = 0):
+        self.tokens = tokens
         self.worker = worker
         self.policy_version = policy_version
 
-    # -- public ---------------------------------------------------------------------------
-    def run(self, requests: Sequence[EpisodeRequest]) -> list[EpisodeResult]:
-        """Run ``requests`` together to completion; results in request order."""
-        trajs = [self._start(r) for r in requests]
-        while True:
-            waiting = [t for t in trajs if t.state is AgentState.GENERATE]
-            if waiting:
-                self._generate(waiting)
-            searching = [t for t in trajs if t.state is AgentState.SEARCH]
-            if searching:
-                self._search(searching)
-            if not waiting and not searching:
-                break
-        return self._results(trajs)
-
     # -- start ----------------------------------------------------------------------------
-    def _start(self, req: EpisodeRequest) -> Trajectory:
+    def start(self, req: EpisodeRequest) -> Trajectory:
         try:
             t = Trajectory(req, get_template(req.template))
         except ValueError as exc:  # a bad request is answered, not retried
@@ -172,58 +170,72 @@ class AgentRunner:
         elif req.method == "rag":
             t.pending_query = req.question
             t.state = AgentState.SEARCH
+        elif req.prompt_ids:
+            t.prompt_ids = list(req.prompt_ids)
         else:
             messages = req.messages or t.template.build_messages(req.question)
-            t.prompt_ids = self.backend.apply_chat_template(messages)
+            t.prompt_ids = self.tokens.apply_chat_template(messages)
         return t
 
     def _set_baseline_prompt(self, t: Trajectory, user: str) -> None:
-        t.prompt_ids = self.backend.apply_chat_template([{"role": "user", "content": user}])
-        t.prompt_ids += self.backend.encode(ANSWER_PREFILL)
+        t.prompt_ids = self.tokens.apply_chat_template([{"role": "user", "content": user}])
+        t.prompt_ids += self.tokens.encode(ANSWER_PREFILL)
         t.prefill = ANSWER_PREFILL
         t.final_turn = True
 
     # -- generation -------------------------------------------------------------------------
-    def _stops(self, t: Trajectory) -> tuple[str, ...]:
+    def stops(self, t: Trajectory) -> tuple[str, ...]:
         answer_stop = f"</{t.template.answer_tag}>"
         if t.final_turn:
             return (answer_stop,)
         return (*t.template.stop, self._fake_observation(t))
+
+    def sampling(self, t: Trajectory) -> tuple[SamplingParams, int]:
+        """The next turn's sampling settings and this episode's token limit for it."""
+        s = t.request.sampling
+        limit = min(s.max_new_tokens, t.remaining)
+        seed = None if s.seed is None else s.seed + t.turns
+        return SamplingParams(max_new_tokens=limit, temperature=s.temperature, top_p=s.top_p,
+                              stop=list(self.stops(t)), seed=seed), limit
 
     @staticmethod
     def _fake_observation(t: Trajectory) -> str:
         """The observation's opening tag: only the environment writes it; a policy that does is cut there."""
         return f"<{t.template.observation_tag}>"
 
+    def _cut(self, gen: Generation, n: int, reason: str) -> Generation:
+        return Generation(gen.token_ids[:n], gen.logprobs[:n], self.tokens.decode(gen.token_ids[:n]), reason)
+
+    def _tokens_to(self, gen: Generation, chars: int, shortest: bool) -> int:
+        """The fewest tokens whose text reaches ``chars`` characters (``shortest=False``: the most that stay
+        below it)."""
+        n = 0
+        while n < len(gen.token_ids) and len(self.tokens.decode(gen.token_ids[:n + 1])) < chars:
+            n += 1
+        return min(n + 1, len(gen.token_ids)) if shortest else n
+
+    def _cut_at_stop(self, t: Trajectory, gen: Generation) -> Generation:
+        """A server that ignored the stop strings (SGLang without its tokenizer): keep the tokens up to the
+        first stop, as a server that honours them would have returned."""
+        if len(gen.token_ids) < 2:
+            return gen
+        head = self.tokens.decode(gen.token_ids[:-1])
+        hits = [head.find(s) + len(s) for s in self.stops(t) if s in head]
+        if not hits:
+            return gen
+        return self._cut(gen, self._tokens_to(gen, min(hits), shortest=True), "stop")
+
     def _drop_fake_observation(self, t: Trajectory, gen: Generation) -> Generation:
         """Remove the tokens of an observation tag the policy started writing itself (and what follows)."""
         at = gen.text.find(self._fake_observation(t))
         if at < 0:
             return gen
-        n = len(gen.token_ids)
-        while n > 0 and len(self.backend.decode(gen.token_ids[:n])) > at:
-            n -= 1
-        return Generation(gen.token_ids[:n], gen.logprobs[:n], self.backend.decode(gen.token_ids[:n]), "stop")
+        return self._cut(gen, self._tokens_to(gen, at + 1, shortest=False), "stop")
 
-    def _generate(self, trajs: list[Trajectory]) -> None:
-        groups: dict[tuple[float, float, tuple[str, ...]], list[Trajectory]] = defaultdict(list)
-        for t in trajs:
-            s = t.request.sampling
-            groups[(s.temperature, s.top_p, self._stops(t))].append(t)
-        for (temperature, top_p, stops), group in groups.items():
-            limits = [min(t.request.sampling.max_new_tokens, t.remaining) for t in group]
-            seed = next((t.request.sampling.seed for t in group if t.request.sampling.seed is not None), None)
-            params = SamplingParams(max_new_tokens=max(limits), temperature=temperature, top_p=top_p,
-                                    stop=list(stops), seed=None if seed is None else seed + group[0].turns)
-            gens = self.backend.generate([t.prompt_ids + t.response_ids for t in group], params)
-            for t, gen, limit in zip(group, gens, limits, strict=True):
-                self._after_generation(t, gen, limit)
-
-    def _after_generation(self, t: Trajectory, gen: Generation, limit: int) -> None:
-        cut = len(gen.token_ids) > limit  # the batch ran longer than this episode's own budget
-        if cut:
-            gen = Generation(gen.token_ids[:limit], gen.logprobs[:limit], self.backend.decode(gen.token_ids[:limit]),
-                             "length")
+    def after_generation(self, t: Trajectory, gen: Generation, limit: int) -> None:
+        if len(gen.token_ids) > limit:  # the batch ran longer than this episode's own budget
+            gen = self._cut(gen, limit, "length")
+        gen = self._cut_at_stop(t, gen)
         if not t.final_turn and t.method == "agent":
             gen = self._drop_fake_observation(t, gen)
         t.add_policy(gen, gen.text)
@@ -246,21 +258,11 @@ class AgentRunner:
             self._observe(t, INVALID_ACTION)
 
     # -- search ----------------------------------------------------------------------------
-    def _search(self, trajs: list[Trajectory]) -> None:
-        by_backend: dict[str, list[Trajectory]] = defaultdict(list)
-        for t in trajs:
-            by_backend[t.request.search_backend].append(t)
-        for name, group in by_backend.items():
-            queries = [SearchQuery(t.pending_query or "", t.request.topk, t.request.p_noise, t.request.question,
-                                   t.request.ground_truth) for t in group]
-            try:
-                outcomes = self.search.get(name).search(queries)
-            except ValueError as exc:  # backend unknown or not configured on this worker
-                outcomes = [SearchOutcome(error=str(exc)) for _ in group]
-            for t, outcome in zip(group, outcomes, strict=True):
-                self._after_search(t, outcome)
+    def search_query(self, t: Trajectory) -> SearchQuery:
+        req = t.request
+        return SearchQuery(t.pending_query or "", req.topk, req.p_noise, req.question, req.ground_truth)
 
-    def _after_search(self, t: Trajectory, outcome: SearchOutcome) -> None:
+    def after_search(self, t: Trajectory, outcome: SearchOutcome) -> None:
         t.pending_query = None
         t.searches += 1
         if outcome.error is not None:
@@ -282,20 +284,20 @@ class AgentRunner:
 
     # -- observations ------------------------------------------------------------------------
     def _truncate(self, text: str, max_tokens: int) -> str:
-        ids = self.backend.encode(text)
-        return text if len(ids) <= max_tokens else self.backend.decode(ids[:max_tokens])
+        ids = self.tokens.encode(text)
+        return text if len(ids) <= max_tokens else self.tokens.decode(ids[:max_tokens])
 
     def _observe(self, t: Trajectory, body: str) -> None:
         """Append one observation block (body truncated to the budget), then continue or end the episode."""
         if t.state is AgentState.DONE:
             return
-        wrapper = len(self.backend.encode(t.template.format_observation("")))
+        wrapper = len(self.tokens.encode(t.template.format_observation("")))
         budget = min(t.request.obs_max_tokens, t.remaining - wrapper - MIN_TURN_TOKENS)
         if budget <= 0:
             t.finish("token_limit")
             return
         text = t.template.format_observation(self._truncate(body, budget))
-        t.add_observation(self.backend.encode(text), text)
+        t.add_observation(self.tokens.encode(text), text)
         t.state = AgentState.GENERATE
         if not t.final_turn and t.turns >= t.request.max_turns:
             t.final_turn = True
@@ -308,43 +310,27 @@ class AgentRunner:
         environment's text, so it is masked (0) like an observation."""
         if t.state is AgentState.DONE or t.forced_answer:
             return
-        ids = self.backend.encode(ANSWER_PREFILL)
+        ids = self.tokens.encode(ANSWER_PREFILL)
         t.add_observation(ids, ANSWER_PREFILL)
         t.forced_answer = True
 
     # -- results -----------------------------------------------------------------------------
-    def _results(self, trajs: list[Trajectory]) -> list[EpisodeResult]:
-        answers = [self._answer(t) for t in trajs]
-        judged = self._judge(trajs, answers)
-        return [self._result(t, a, judged.get(i)) for i, (t, a) in enumerate(zip(trajs, answers, strict=True))]
-
-    def _response_text(self, t: Trajectory) -> str:
+    def response_text(self, t: Trajectory) -> str:
         return t.prefill + t.text
 
-    def _answer(self, t: Trajectory) -> str | None:
+    def answer(self, t: Trajectory) -> str | None:
         if t.method == "noop" or t.finish_reason == "error":
             return None
-        return extract_answer(self._response_text(t), t.template, allow_unclosed=bool(t.prefill) or t.forced_answer)
+        return extract_answer(self.response_text(t), t.template, allow_unclosed=bool(t.prefill) or t.forced_answer)
 
-    def _judge(self, trajs: list[Trajectory], answers: list[str | None]) -> dict[int, float | None]:
-        """LLM-judge scores for episodes whose reward metric is ``llm`` (index -> score; None: judge failed)."""
-        wanted = [i for i, (t, a) in enumerate(zip(trajs, answers, strict=True))
-                  if t.request.reward.metric == "llm" and a is not None and t.request.ground_truth]
-        if not wanted:
-            return {}
-        if self.judge is None:
-            log.warning("reward metric 'llm' asked but no judge is configured (WORKER_JUDGE_URL); using f1")
-            return dict.fromkeys(wanted)
-        items = [{"question": trajs[i].request.question, "gold": trajs[i].request.ground_truth,
-                  "prediction": answers[i]} for i in wanted]
-        try:
-            scores = self.judge.judge(items, "llm").scores
-        except ServiceCallError as exc:
-            log.warning("judge failed (%s); rule metric f1 used instead", exc)
-            return dict.fromkeys(wanted)
-        return dict(zip(wanted, scores, strict=True))
+    @staticmethod
+    def judge_item(t: Trajectory, answer: str | None) -> dict[str, Any] | None:
+        """What to ask the judge for this episode (None: its reward does not use the judge)."""
+        if t.request.reward.metric != "llm" or answer is None or not t.request.ground_truth:
+            return None
+        return {"question": t.request.question, "gold": t.request.ground_truth, "prediction": answer}
 
-    def _result(self, t: Trajectory, answer: str | None, judge_score: float | None) -> EpisodeResult:
+    def result(self, t: Trajectory, answer: str | None, judge_score: float | None) -> EpisodeResult:
         req = t.request
         result = EpisodeResult(
             job_id=req.job_id, episode_id=req.episode_id, group_id=req.group_id, policy_version=self.policy_version,
@@ -358,7 +344,7 @@ class AgentRunner:
         judged = req.reward.metric == "llm"
         config = RewardConfig(template=t.template.name, metric="f1" if judged else req.reward.metric,
                               format_weight=req.reward.format_weight, allow_unclosed_answer=bool(t.prefill) or t.forced_answer)
-        parts = compute_reward(req.reward.kind, self._response_text(t), req.ground_truth, config,
+        parts = compute_reward(req.reward.kind, self.response_text(t), req.ground_truth, config,
                                answer_score=judge_score, response_length=len(t.response_ids))
         result.reward = parts.total
         result.reward_parts = {"format": parts.format, "answer": parts.answer, "penalty": parts.penalty,
@@ -368,3 +354,79 @@ class AgentRunner:
         result.scores = {m: best_match(answer, req.ground_truth, m).score if answer else 0.0
                          for m in SCORE_METRICS if m in METRICS}
         return result
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class AgentRunner(EpisodeSteps):
+    """Runs batches of episodes with one policy backend, the search backends and (optionally) the judge."""
+
+    def __init__(self, backend: LLMBackend, search: SearchRegistry, judge: JudgeClient | None = None,
+                 worker: str = "", policy_version: int = 0):
+        super().__init__(backend, worker, policy_version)
+        self.backend = backend
+        self.search = search
+        self.judge = judge
+
+    def run(self, requests: Sequence[EpisodeRequest]) -> list[EpisodeResult]:
+        """Run ``requests`` together to completion; results in request order."""
+        trajs = [self.start(r) for r in requests]
+        while True:
+            waiting = [t for t in trajs if t.state is AgentState.GENERATE]
+            if waiting:
+                self._generate(waiting)
+            searching = [t for t in trajs if t.state is AgentState.SEARCH]
+            if searching:
+                self._search(searching)
+            if not waiting and not searching:
+                break
+        return self._results(trajs)
+
+    def _generate(self, trajs: list[Trajectory]) -> None:
+        groups: dict[tuple[float, float, tuple[str, ...]], list[Trajectory]] = defaultdict(list)
+        for t in trajs:
+            s = t.request.sampling
+            groups[(s.temperature, s.top_p, self.stops(t))].append(t)
+        for (temperature, top_p, stops), group in groups.items():
+            limits = [min(t.request.sampling.max_new_tokens, t.remaining) for t in group]
+            seed = next((t.request.sampling.seed for t in group if t.request.sampling.seed is not None), None)
+            params = SamplingParams(max_new_tokens=max(limits), temperature=temperature, top_p=top_p,
+                                    stop=list(stops), seed=None if seed is None else seed + group[0].turns)
+            gens = self.backend.generate([t.prompt_ids + t.response_ids for t in group], params)
+            for t, gen, limit in zip(group, gens, limits, strict=True):
+                self.after_generation(t, gen, limit)
+
+    def _search(self, trajs: list[Trajectory]) -> None:
+        by_backend: dict[str, list[Trajectory]] = defaultdict(list)
+        for t in trajs:
+            by_backend[t.request.search_backend].append(t)
+        for name, group in by_backend.items():
+            queries = [self.search_query(t) for t in group]
+            try:
+                outcomes = self.search.get(name).search(queries)
+            except ValueError as exc:  # backend unknown or not configured on this worker
+                outcomes = [SearchOutcome(error=str(exc)) for _ in group]
+            for t, outcome in zip(group, outcomes, strict=True):
+                self.after_search(t, outcome)
+
+    def _results(self, trajs: list[Trajectory]) -> list[EpisodeResult]:
+        answers = [self.answer(t) for t in trajs]
+        judged = self._judge(trajs, answers)
+        return [self.result(t, a, judged.get(i)) for i, (t, a) in enumerate(zip(trajs, answers, strict=True))]
+
+    def _judge(self, trajs: list[Trajectory], answers: list[str | None]) -> dict[int, float | None]:
+        """LLM-judge scores for episodes whose reward metric is ``llm`` (index -> score; None: judge failed)."""
+        wanted = {i: item for i, (t, a) in enumerate(zip(trajs, answers, strict=True))
+                  if (item := self.judge_item(t, a)) is not None}
+        if not wanted:
+            return {}
+        if self.judge is None:
+            log.warning("reward metric 'llm' asked but no judge is configured (WORKER_JUDGE_URL); using f1")
+            return dict.fromkeys(wanted)
+        try:
+            scores = self.judge.judge(list(wanted.values()), "llm").scores
+        except ServiceCallError as exc:
+            log.warning("judge failed (%s); rule metric f1 used instead", exc)
+            return dict.fromkeys(wanted)
+        return dict(zip(wanted, scores, strict=True))

@@ -37,7 +37,7 @@ class SearchOutcome:
     error: str | None = None  # None on success
 
 
-def _hit_documents(hits: Sequence[Any]) -> list[dict[str, str]]:
+def hit_documents(hits: Sequence[Any]) -> list[dict[str, str]]:
     docs = []
     for hit in hits:
         title, _, text = hit.document.contents.partition("\n")
@@ -63,7 +63,7 @@ class HTTPSearchBackend:
         except ServiceCallError as exc:
             log.warning("search via %s failed for %r: %s", self.name, q.query[:80], exc)
             return SearchOutcome(error=f"{exc.code}: {exc.message}"[:300])
-        return SearchOutcome(documents=_hit_documents(hits[0] if hits else []))
+        return SearchOutcome(documents=hit_documents(hits[0] if hits else []))
 
     def search(self, queries: Sequence[SearchQuery]) -> list[SearchOutcome]:
         return list(self._pool.map(self._one, queries))

@@ -42,6 +42,8 @@ class WorkerSettings(BaseSettings):
     search_concurrency: int = Field(default=16, ge=1)  # searches in flight at once
     judge_timeout_s: float = Field(default=120.0, gt=0)
     policy_cache: int = Field(default=3, ge=1)  # policies kept loaded (LRU): jobs at once, each naming its own
+    remote_inflight: int = Field(default=64, ge=1)  # episodes on remote rollout servers (verl) in flight at once
+    generate_timeout_s: float = Field(default=600.0, gt=0)  # per /generate request to a remote rollout server
     max_episodes: int | None = None  # exit after this many episodes (tests, benches); None: run until SIGTERM
     log_level: str = "info"
 

@@ -10,6 +10,11 @@ batched generation -> write each result exactly once and acknowledge it. A heart
 in-flight entries from being reclaimed while a long batch runs. If a batch raises, its episodes
 are re-run one by one so that only the poison episode is retried (and dead-lettered after
 ``max_attempts``). SIGTERM / SIGINT: the batch in flight is finished, then the worker exits.
+
+Episodes that name their own rollout servers (``EpisodeRequest.generation``: verl's SGLang replicas)
+take the remote lane instead (:mod:`services.trainer.rollout.remote_lane`): no model is loaded for
+them, and up to ``WORKER_REMOTE_INFLIGHT`` of them run at once as coroutines, each result written as
+soon as its episode ends. The main loop keeps claiming while the lane has room.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import redis
 
 from services.trainer.rollout.agent import AgentRunner
 from services.trainer.rollout.queue import Delivery, EpisodeQueue
+from services.trainer.rollout.remote_lane import RemoteLane
 from services.trainer.rollout.search import SearchEndpoints, SearchRegistry
 from services.trainer.rollout.settings import WorkerSettings
 from shared.client import JudgeClient
@@ -76,10 +82,15 @@ class Worker:
         self.queue = EpisodeQueue(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s,
                                   max_attempts=settings.max_attempts)
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        self.search = SearchRegistry(SearchEndpoints(
+        endpoints = SearchEndpoints(
             retriever_url=settings.retriever_url, simulator_url=settings.simulator_url, api_key=api_key,
             timeout_s=settings.search_timeout_s, retries=settings.search_retries,
-            concurrency=settings.search_concurrency))
+            concurrency=settings.search_concurrency)
+        self.search = SearchRegistry(endpoints)
+        self._count_lock = threading.Lock()
+        self.lane = RemoteLane(self.name, self.queue, endpoints, capacity=settings.remote_inflight,
+                               judge_url=settings.judge_url, judge_timeout_s=settings.judge_timeout_s,
+                               generate_timeout_s=settings.generate_timeout_s, on_done=self._count)
         self.judge = (JudgeClient(settings.judge_url, api_key, timeout_s=settings.judge_timeout_s)
                       if settings.judge_url else None)
         self.policies = Policies(settings)
@@ -98,14 +109,20 @@ class Worker:
         log.info("%s ready: batch %d, visibility %.0fs", self.name, self.settings.batch_size,
                  self.settings.visibility_timeout_s)
         limit = self.settings.max_episodes
-        while not self.stopping.is_set() and (limit is None or self.completed < limit):
-            count = self.settings.batch_size if limit is None else min(self.settings.batch_size, limit - self.completed)
+        while not self.stopping.is_set() and (limit is None or self._more_wanted(limit)):
+            count = min(self.settings.batch_size, self.lane.free())
+            if limit is not None:
+                count = min(count, limit - self.completed - self.lane.capacity + self.lane.free())
+            if count <= 0:  # the remote lane is full (or has the last episodes): wait for a slot
+                self.lane.wait_free(self.settings.block_ms / 1000)
+                continue
             deliveries = self.queue.claim(self.name, count, self.settings.block_ms)
             if 0 < len(deliveries) < count and self.settings.batch_wait_ms:
                 time.sleep(self.settings.batch_wait_ms / 1000)  # episodes enqueued together arrive one by one
                 deliveries += self.queue.claim(self.name, count - len(deliveries), 0)
             if deliveries:
                 self.process(deliveries)
+        self.lane.close()
         self.stopping.set()
         heartbeat.join(timeout=5)
         self.queue.unregister_worker(self.name)
@@ -114,7 +131,21 @@ class Worker:
         log.info("%s stopped after %d episodes", self.name, self.completed)
         return self.completed
 
+    def _more_wanted(self, limit: int) -> bool:
+        """Whether to claim more under ``max_episodes`` (the lane's in-flight episodes count as done)."""
+        return self.completed + self.lane.capacity - self.lane.free() < limit
+
+    def _count(self) -> None:
+        with self._count_lock:
+            self.completed += 1
+
     def process(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            if d.request.generation is not None:
+                self.lane.submit(d)
+        deliveries = [d for d in deliveries if d.request.generation is None]
+        if not deliveries:
+            return
         with self._inflight_lock:
             self._inflight = list(deliveries)
         try:
@@ -158,13 +189,13 @@ class Worker:
             if not self.queue.complete(d, result):
                 log.info("%s: episode %s already had a result; this run was dropped", self.name,
                          d.request.episode_id)
-            self.completed += 1
+            self._count()
 
     def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_interval_s
         while not self.stopping.wait(interval):
             with self._inflight_lock:
-                ids = [d.entry_id for d in self._inflight]
+                ids = [d.entry_id for d in self._inflight] + self.lane.entry_ids()
             try:
                 self.queue.touch(self.name, ids)
                 self.queue.register_worker(self.name, self.policies.names(), self.completed)

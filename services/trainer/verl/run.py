@@ -1,91 +1,104 @@
-"""The ``verl`` engine: the distributed path for real models on GPU clusters (DESIGN.md §5).
+"""The ``verl`` engine: a verl run whose rollouts are searchlab episodes (DESIGN.md §8).
 
-It writes what verl needs and launches ``verl.trainer.main_ppo`` on a Ray cluster:
+``prepare`` writes one run directory per recipe (``recipes.py``: search_r1, research, zerosearch,
+masksearch) and checks it in verl's own config tree before anything is launched::
 
-- a dataset in verl's RL parquet format (Search-R1 style rows: ``data_source``, ``prompt`` as a
-  chat list, ``ability``, ``reward_model.ground_truth``, ``extra_info.tools_kwargs``);
-- a tool config pointing verl's stock Search-R1-style ``SearchTool`` at our retriever (or the
-  simulator's ``/retrieve`` facade; both speak the same format);
-- our reward function (:mod:`services.trainer.verl.reward`) as verl's custom reward, with the
-  judge service for ``metric="llm"``;
-- the hydra overrides for GRPO or DAPO, composed against verl's own config tree and checked
-  by verl's own config dataclasses before anything is launched.
+    <out>/data/<stage>/{train,val}.parquet   verl's RL rows (Search-R1 style: prompt as a chat list,
+                                             reward_model.ground_truth, extra_info.question); train parts
+                                             train, eval parts validate, never mixed
+    <out>/stages/<i>-<stage>/agent_loop.yaml searchlab's agent loop for verl's registry, with its LoopConfig
+                                             (dispatch queue | inline, search backend, noise curriculum)
+    <out>/stages/<i>-<stage>/overrides.txt   the hydra overrides (overrides.py), composed and validated
+    <out>/command.sh                         the whole run: main_ppo per stage (a later stage starts from the
+                                             previous stage's weights, merged to HF by verl's model merger)
+    <out>/run.json                           the config, the recipe, each stage's sizes and command
 
-verl 0.7.1's ``main_ppo`` has no dynamic sampling (DAPO's group filter lives in verl's recipe
-folder, which the wheel does not ship): the DAPO preset here is clip-higher, token-mean loss and
-the DAPO reward manager's overlong penalty; the local engine implements dynamic sampling.
+Sizes are checked against the data: a train batch larger than a stage's training rows is an error
+naming both numbers (verl drops the last partial batch: the dataloader would be empty). No secret is
+written anywhere: the services' bearer token and the Redis URL reach the loop and the reward through
+the environment of the launched processes (``SEARCHLAB_API_KEY``, ``SEARCHLAB_REDIS_URL``).
 
-Composing and validating run on CPU (tested); launching needs GPUs and Ray.
+Composing and validating run on CPU (tested); launching needs GPUs, Ray and the ``gpu`` extras.
 
-    python -m services.trainer.verl.run --out run/ --model Qwen/Qwen2.5-7B-Instruct \
-        --retriever-url http://retriever:8001 --algorithm grpo [--dry-run]
+    searchlab train --engine verl --recipe search_r1 --out run/ --model Qwen/Qwen2.5-3B-Instruct \\
+        --retriever-url http://retriever:8001 [--dispatch queue|inline] [--dry-run]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field
 
+from services.trainer.verl.config import VerlConfig
+from services.trainer.verl.loop_config import AGENT_NAME, LOOP_TARGET, LoopConfig
+from services.trainer.verl.overrides import StageFiles, compose, overrides
+from services.trainer.verl.recipes import RECIPES, Recipe, Stage, get_recipe
 from shared.exports import export_verl
 from shared.formats import qa_to_verl
 
+__all__ = ["StageRun", "VerlConfig", "VerlRun", "export_qa", "main", "prepare", "qa_to_verl_row"]
+
 log = logging.getLogger(__name__)
 
-REWARD_FN_PATH = Path(__file__).with_name("reward.py")
-SEARCH_TOOL_CLASS = "verl.tools.search_tool.SearchTool"
+REPO = Path(__file__).resolve().parents[3]
 
 
-class VerlConfig(BaseModel):
-    """What a verl run needs; each field maps onto verl's hydra config (see ``overrides``)."""
+@dataclass
+class StageRun:
+    name: str
+    dir: Path
+    train_parquet: Path
+    val_parquet: Path
+    agent_loop: Path
+    checkpoints: Path
+    train_rows: int
+    total_steps: int
+    overrides: list[str]
 
-    model_path: str  # HF model folder or hub name reachable by the cluster
-    algorithm: Literal["grpo", "dapo"] = "grpo"
-    retriever_url: str  # retriever (or simulator facade) base URL
-    topk: int = Field(default=3, ge=1)  # documents per search
-    group_size: int = Field(default=5, ge=1)  # GRPO n (Search-R1: 5)
-    lr: float = Field(default=1e-6, gt=0)  # Search-R1: 1e-6
-    kl_coef: float = Field(default=0.001, ge=0)  # low_var_kl loss coefficient (Search-R1: 0.001)
-    train_batch_size: int = Field(default=512, ge=1)
-    ppo_mini_batch_size: int = Field(default=256, ge=1)
-    micro_batch_size_per_gpu: int = Field(default=8, ge=1)
-    max_prompt_length: int = Field(default=4096, ge=64)
-    max_response_length: int = Field(default=3000, ge=64)
-    max_turns: int = Field(default=4, ge=1)  # assistant turns (searches + answer)
-    tool_response_length: int = Field(default=500, ge=16)  # tokens of each <information>
-    total_training_steps: int = Field(default=1005, ge=1)
-    n_gpus_per_node: int = Field(default=8, ge=1)
-    nnodes: int = Field(default=1, ge=1)
-    tensor_parallel: int = Field(default=2, ge=1)  # SGLang rollout TP
-    gpu_memory_utilization: float = Field(default=0.6, gt=0, le=1)
-    reward: str = "hybrid"  # shared.rewards registry name
-    metric: str = "f1"  # em | cover_em | f1 | recall | llm (judge)
-    format_weight: float = 0.2
-    judge_url: str | None = None  # needed for metric "llm"
-    overlong_buffer: int = Field(default=512, ge=1)  # DAPO: soft overlong window (tokens)
-    project: str = "searchlab"
-    experiment: str = "search-agent"
-    checkpoint_dir: str | None = None
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "verl.trainer.main_ppo", *self.overrides]
 
 
 @dataclass
 class VerlRun:
     out_dir: Path
-    train_parquet: Path
-    val_parquet: Path
-    tool_config: Path
-    overrides: list[str]
+    recipe: str
+    stages: list[StageRun]
 
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "verl.trainer.main_ppo", *self.overrides]
+    def commands(self) -> list[list[str]]:
+        """Every command of the run in order: main_ppo per stage, a merge between stages."""
+        out: list[list[str]] = []
+        for i, stage in enumerate(self.stages):
+            if i:
+                out.append(merge_command(self.stages[i - 1]))
+            out.append(stage.command())
+        return out
+
+    def script(self) -> str:
+        lines = ["#!/usr/bin/env bash", "# written by searchlab (services/trainer/verl/run.py); needs GPUs, Ray and",
+                 "# the gpu extras; SEARCHLAB_API_KEY and SEARCHLAB_REDIS_URL come from the environment", "set -euo pipefail",
+                 f'export PYTHONPATH="{REPO}${{PYTHONPATH:+:$PYTHONPATH}}"',
+                 # verl's tensorboard logger writes into the run folder, as a local job's tracker does, so
+                 # `searchlab tensorboard` shows verl and local runs side by side
+                 f'export TENSORBOARD_DIR="${{TENSORBOARD_DIR:-{self.out_dir}/tensorboard}}"']
+        lines += [" ".join(shlex.quote(a) for a in cmd) for cmd in self.commands()]
+        return "\n".join(lines) + "\n"
+
+
+def merge_command(stage: StageRun) -> list[str]:
+    """The previous stage's last checkpoint -> an HF folder the next stage starts from."""
+    return [sys.executable, "-m", "services.trainer.verl.checkpoint", "merge", str(stage.checkpoints),
+            "--target", str(stage.dir / "hf")]
 
 
 # --------------------------------------------------------------------------- data
@@ -97,149 +110,191 @@ def qa_to_verl_row(row: dict[str, Any], index: int, split: str, template: str = 
     return qa_to_verl(row, index, split, template)
 
 
+def write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
 def export_qa(datasets: list[str], out_dir: Path, template: str = "search_r1") -> tuple[Path, Path]:
     """The ``train`` parts as training data and the ``eval`` parts as validation (never mixed)."""
     return export_verl(datasets, out_dir, template)
 
 
-# --------------------------------------------------------------------------- tool
+def export_ramp(samples_path: str, mask_stages: tuple[int, ...], out_dir: Path) -> Path:
+    """RAMP samples with the listed mask counts, sorted by them: with ``data.shuffle=false`` the data's
+    order is MaskSearch's curriculum (1 mask first, then 2, ...)."""
+    from services.trainer.data.export import verl_row
+    from services.trainer.data.ramp import load_samples
+
+    samples = [s for s in load_samples(samples_path) if s.n_masks in mask_stages]
+    samples.sort(key=lambda s: mask_stages.index(s.n_masks))
+    if not samples:
+        raise ValueError(f"{samples_path}: no RAMP samples with {list(mask_stages)} masks")
+    rows = [verl_row(s, i, "train") for i, s in enumerate(samples)]
+    for row, s in zip(rows, samples, strict=True):
+        row["extra_info"]["question"] = s.question
+    return write_parquet(rows, out_dir / "train.parquet")
 
 
-def tool_config(retriever_url: str, topk: int, timeout_s: int = 30, rate_limit: int = 120) -> dict[str, Any]:
-    """verl's stock SearchTool, pointed at our ``/retrieve`` (byte-compatible with Search-R1's)."""
-    return {"tools": [{
-        "class_name": SEARCH_TOOL_CLASS,
-        "config": {"retrieval_service_url": retriever_url.rstrip("/") + "/retrieve", "topk": topk,
-                   "num_workers": rate_limit, "rate_limit": rate_limit, "timeout": timeout_s, "type": "native"},
-        "tool_schema": {"type": "function", "function": {
-            "name": "search",
-            "description": "Searches Wikipedia for relevant information based on the given queries.",
-            "parameters": {"type": "object", "properties": {"query_list": {
-                "type": "array", "items": {"type": "string"},
-                "description": "A list of fully-formed semantic queries. The tool returns results for each."}},
-                "required": ["query_list"]},
-        }},
-    }]}
+def _rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(str(path)).metadata.num_rows)
 
 
-# --------------------------------------------------------------------------- config
+# --------------------------------------------------------------------------- one stage
 
 
-def overrides(cfg: VerlConfig, train: Path, val: Path, tools: Path) -> list[str]:
-    """Hydra overrides of verl's ``ppo_trainer`` config for this run (``+`` adds keys verl lacks)."""
-    a = "actor_rollout_ref"
-    out = [
-        f"data.train_files={train}", f"data.val_files={val}", "data.prompt_key=prompt",
-        f"data.train_batch_size={cfg.train_batch_size}", f"data.max_prompt_length={cfg.max_prompt_length}",
-        f"data.max_response_length={cfg.max_response_length}", "data.return_raw_chat=true",
-        f"{a}.model.path={cfg.model_path}", f"{a}.model.use_remove_padding=true",
-        f"{a}.actor.optim.lr={cfg.lr}", f"{a}.actor.ppo_mini_batch_size={cfg.ppo_mini_batch_size}",
-        f"{a}.actor.ppo_micro_batch_size_per_gpu={cfg.micro_batch_size_per_gpu}",
-        f"{a}.actor.use_kl_loss={'true' if cfg.kl_coef > 0 else 'false'}",
-        f"{a}.actor.kl_loss_coef={cfg.kl_coef}", f"{a}.actor.kl_loss_type=low_var_kl",
-        f"{a}.rollout.name=sglang", f"{a}.rollout.mode=async", f"{a}.rollout.n={cfg.group_size}",
-        f"{a}.rollout.tensor_model_parallel_size={cfg.tensor_parallel}",
-        f"{a}.rollout.gpu_memory_utilization={cfg.gpu_memory_utilization}",
-        f"{a}.rollout.log_prob_micro_batch_size_per_gpu={cfg.micro_batch_size_per_gpu}",
-        f"{a}.ref.log_prob_micro_batch_size_per_gpu={cfg.micro_batch_size_per_gpu}",
-        f"{a}.rollout.multi_turn.enable=true", f"{a}.rollout.multi_turn.max_assistant_turns={cfg.max_turns}",
-        f"{a}.rollout.multi_turn.tool_config_path={tools}",
-        f"{a}.rollout.multi_turn.max_tool_response_length={cfg.tool_response_length}",
-        "algorithm.adv_estimator=grpo", "algorithm.use_kl_in_reward=false",
-        f"reward.custom_reward_function.path={REWARD_FN_PATH}", "reward.custom_reward_function.name=compute_score",
-        f"+reward.custom_reward_function.reward_kwargs.reward={cfg.reward}",
-        f"+reward.custom_reward_function.reward_kwargs.metric={cfg.metric}",
-        f"+reward.custom_reward_function.reward_kwargs.format_weight={cfg.format_weight}",
-        f"trainer.total_training_steps={cfg.total_training_steps}", f"trainer.n_gpus_per_node={cfg.n_gpus_per_node}",
-        f"trainer.nnodes={cfg.nnodes}", f"trainer.project_name={cfg.project}",
-        f"trainer.experiment_name={cfg.experiment}", "trainer.logger=[console]",
-    ]
-    if cfg.judge_url:
-        out.append(f"+reward.custom_reward_function.reward_kwargs.judge_url={cfg.judge_url}")
-    if cfg.checkpoint_dir:
-        out.append(f"trainer.default_local_dir={cfg.checkpoint_dir}")
-    if cfg.algorithm == "dapo":
-        out += [
-            f"{a}.actor.clip_ratio_low=0.2", f"{a}.actor.clip_ratio_high=0.28",
-            f"{a}.actor.loss_agg_mode=token-mean", "reward.reward_manager.name=dapo",
-            "+reward.reward_kwargs.overlong_buffer_cfg.enable=true",
-            f"+reward.reward_kwargs.overlong_buffer_cfg.len={cfg.overlong_buffer}",
-            "+reward.reward_kwargs.overlong_buffer_cfg.penalty_factor=1.0",
-            "+reward.reward_kwargs.overlong_buffer_cfg.log=true",
-            f"+reward.reward_kwargs.max_resp_len={cfg.max_response_length}",
-        ]
-    return out
+def loop_config(cfg: VerlConfig, recipe: Recipe, stage: Stage, total_steps: int) -> LoopConfig:
+    return LoopConfig(
+        dispatch=cfg.dispatch, template=stage.template or recipe.template, max_turns=cfg.max_turns,
+        max_turn_tokens=cfg.max_turn_tokens, obs_max_tokens=cfg.obs_max_tokens, topk=recipe.topk,
+        search=cfg.search or recipe.search, real_fraction=cfg.real_fraction, noise=recipe.noise,
+        total_steps=total_steps, retriever_url=cfg.retriever_url, simulator_url=cfg.simulator_url,
+        job_id=f"verl-{cfg.experiment}-{stage.name}", episode_timeout_s=cfg.episode_timeout_s,
+        resample_rounds=recipe.resample_rounds)
 
 
-def compose(overrides_: list[str]) -> Any:
-    """verl's ``ppo_trainer`` config with our overrides, checked by verl's own config dataclasses.
-
-    Raises ``ValueError`` naming the problem when an override does not fit verl's schema.
-    """
-    import verl
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-    from verl.utils.config import omega_conf_to_dataclass
-
-    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
-    try:
-        with initialize_config_dir(config_dir=config_dir, version_base=None):
-            cfg = hydra_compose(config_name="ppo_trainer", overrides=overrides_)
-        omega_conf_to_dataclass(cfg.algorithm)
-        omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
-        omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ValueError(f"verl config rejected: {exc}") from exc
-    return cfg
+def agent_loop_yaml(loop: LoopConfig) -> str:
+    """The file verl's ``agent_loop_config_path`` names: our loop for its registry, with its config."""
+    return yaml.safe_dump([{"name": AGENT_NAME, "_target_": LOOP_TARGET, "searchlab": loop.model_dump(mode="json")}],
+                          sort_keys=False)
 
 
-def prepare(cfg: VerlConfig, out_dir: Path, datasets: list[str] | None = None,
-            train_parquet: Path | None = None, val_parquet: Path | None = None) -> VerlRun:
-    """Write data, tool config and overrides for a run; validate the composed config."""
+def check_sizes(cfg: VerlConfig, stage: str, train_rows: int) -> None:
+    """A batch the data cannot fill is an error naming both numbers (verl would find no batch to train on)."""
+    if cfg.train_batch_size > train_rows:
+        raise ValueError(
+            f"train_batch_size={cfg.train_batch_size} is larger than the {train_rows} training rows of stage "
+            f"'{stage}': verl drops the last incomplete batch, so its dataloader would be empty; use a train "
+            f"batch of at most {train_rows} (--train-batch-size) or more data")
+    mini = cfg.ppo_mini_batch_size
+    if mini is not None and mini > cfg.train_batch_size:
+        raise ValueError(f"ppo_mini_batch_size={mini} is larger than train_batch_size={cfg.train_batch_size}")
+
+
+def _stage(cfg: VerlConfig, recipe: Recipe, stage: Stage, index: int, out: Path, model_path: str,
+           datasets: list[str] | None) -> StageRun:
+    data_dir = out / "data" / stage.name
+    template = stage.template or recipe.template
+    val_sets = list(datasets or recipe.stages[-1].datasets)
+    if stage.data == "ramp":
+        if not cfg.ramp_samples:
+            raise ValueError(f"recipe {recipe.name!r} starts with a RAMP stage: give ramp_samples "
+                             "(--ramp-samples, the samples JSONL of a ramp job)")
+        train = export_ramp(cfg.ramp_samples, stage.mask_stages, data_dir)
+        _, val = export_qa(val_sets, data_dir / "qa", recipe.template)
+    else:
+        train, val = export_qa(list(datasets or stage.datasets), data_dir, template)
+    rows = _rows(train)
+    check_sizes(cfg, stage.name, rows)
+    steps = cfg.total_training_steps or cfg.epochs * (rows // cfg.train_batch_size)
+    stage_dir = out / "stages" / f"{index + 1}-{stage.name}"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    agent_loop = stage_dir / "agent_loop.yaml"
+    agent_loop.write_text(agent_loop_yaml(loop_config(cfg, recipe, stage, steps)))
+    checkpoints = Path(cfg.checkpoint_dir or out / "checkpoints") / stage.name
+    files = StageFiles(train, val, agent_loop, checkpoints, model_path, steps, shuffle=stage.data != "ramp")
+    sized = cfg.model_copy(update={"ppo_mini_batch_size": cfg.ppo_mini_batch_size or max(1, cfg.train_batch_size // 2),
+                                   "metric": cfg.metric or stage.metric})
+    if stage.template:
+        recipe = replace(recipe, template=stage.template)
+    over = overrides(sized, recipe, files) + [f"trainer.total_epochs={cfg.epochs}"]
+    compose(over)
+    (stage_dir / "overrides.txt").write_text("\n".join(over) + "\n")
+    return StageRun(stage.name, stage_dir, train, val, agent_loop, checkpoints, rows, steps, over)
+
+
+def prepare(cfg: VerlConfig, out_dir: Path, datasets: list[str] | None = None) -> VerlRun:
+    """Write the run directory of ``cfg.recipe`` (module docstring) and validate every stage in verl's tree.
+
+    ``datasets`` replaces the QA stage's datasets (the recipe's by default)."""
+    recipe = get_recipe(cfg.recipe)
+    if (cfg.metric or recipe.metric) == "llm" and not cfg.judge_url:
+        raise ValueError(f"recipe {recipe.name!r} scores answers with the judge: give judge_url (--judge-url)")
+    loop_config(cfg, recipe, recipe.stages[0], 1)  # fails early on a missing retriever / simulator URL
     out_dir.mkdir(parents=True, exist_ok=True)
-    if train_parquet is None or val_parquet is None:
-        train_parquet, val_parquet = export_qa(datasets or ["hotpotqa"], out_dir / "data")
-    tools = out_dir / "search_tool_config.yaml"
-    tools.write_text(yaml.safe_dump(tool_config(cfg.retriever_url, cfg.topk), sort_keys=False))
-    run = VerlRun(out_dir, train_parquet, val_parquet, tools, overrides(cfg, train_parquet, val_parquet, tools))
-    compose(run.overrides)
-    (out_dir / "overrides.txt").write_text("\n".join(run.overrides) + "\n")
+    stages: list[StageRun] = []
+    model_path = cfg.model_path
+    for i, stage in enumerate(recipe.stages):
+        stages.append(_stage(cfg, recipe, stage, i, out_dir, model_path, datasets if stage.data == "qa" else None))
+        model_path = str(stages[-1].dir / "hf")
+    run = VerlRun(out_dir, recipe.name, stages)
+    script = out_dir / "command.sh"
+    script.write_text(run.script())
+    script.chmod(0o755)
+    (out_dir / "run.json").write_text(json.dumps({
+        "recipe": recipe.name, "paper": recipe.paper, "config": cfg.model_dump(mode="json"),
+        "stages": [{"name": s.name, "train_rows": s.train_rows, "total_steps": s.total_steps,
+                    "train": str(s.train_parquet), "val": str(s.val_parquet), "overrides": str(s.dir / "overrides.txt")}
+                   for s in stages],
+        "commands": run.commands(),
+    }, indent=2) + "\n")
     return run
 
 
 def launch(run: VerlRun) -> int:
-    """Run ``verl.trainer.main_ppo`` (needs GPUs and Ray; SGLang rollouts)."""
+    """Run ``command.sh`` (needs GPUs, Ray and the gpu extras: SGLang rollouts, FSDP)."""
     import torch
 
     if not torch.cuda.is_available():
         raise RuntimeError("the verl engine needs GPUs (SGLang rollouts, FSDP); use the local engine on CPU")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    return subprocess.call(run.command(), env=env, cwd=run.out_dir)
+    return subprocess.call(["bash", str(run.out_dir / "command.sh")], cwd=run.out_dir, env=dict(os.environ))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="searchlab train --engine verl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=list(RECIPES), default="search_r1")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (data, agent loop, overrides, command)")
+    parser.add_argument("--model", required=True, help="policy model path or name")
+    parser.add_argument("--dispatch", choices=["queue", "inline"], default="queue")
+    parser.add_argument("--retriever-url")
+    parser.add_argument("--simulator-url")
+    parser.add_argument("--judge-url")
+    parser.add_argument("--algorithm", choices=["grpo", "dapo", "reinforce"], help="default: the recipe's")
+    parser.add_argument("--datasets", nargs="+", help="QA sets whose train parts RL uses (default: the recipe's)")
+    parser.add_argument("--ramp-samples", help="masksearch: the RAMP samples JSONL (a ramp job's output)")
+    parser.add_argument("--metric", help="answer metric (default: the recipe's)")
+    parser.add_argument("--train-batch-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, help="training steps per stage (default: one epoch)")
+    parser.add_argument("--save-freq", type=int, default=50)
+    parser.add_argument("--test-freq", type=int, default=25)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--nnodes", type=int, default=1)
+    parser.add_argument("--tp", type=int, default=2, help="SGLang tensor parallel size")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more hydra override of verl's config (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="write and validate, print the commands, do not launch")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> VerlConfig:
+    return VerlConfig(
+        recipe=args.recipe, dispatch=args.dispatch, model_path=args.model, retriever_url=args.retriever_url,
+        simulator_url=args.simulator_url, judge_url=args.judge_url, algorithm=args.algorithm, metric=args.metric,
+        ramp_samples=args.ramp_samples, train_batch_size=args.train_batch_size, total_training_steps=args.steps,
+        save_freq=args.save_freq, test_freq=args.test_freq, n_gpus_per_node=args.gpus, nnodes=args.nnodes,
+        tensor_parallel=args.tp, extra_overrides=args.override)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="searchlab train --engine verl", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="run folder (data, tool config, overrides)")
-    parser.add_argument("--model", required=True, help="policy model path or name")
-    parser.add_argument("--retriever-url", required=True)
-    parser.add_argument("--algorithm", choices=["grpo", "dapo"], default="grpo")
-    parser.add_argument("--datasets", nargs="+", default=["hotpotqa"], help="train parts used for RL")
-    parser.add_argument("--metric", default="f1")
-    parser.add_argument("--judge-url")
-    parser.add_argument("--gpus", type=int, default=8)
-    parser.add_argument("--nnodes", type=int, default=1)
-    parser.add_argument("--dry-run", action="store_true", help="write and validate, do not launch")
-    args = parser.parse_args(argv)
-    cfg = VerlConfig(model_path=args.model, retriever_url=args.retriever_url, algorithm=args.algorithm,
-                     metric=args.metric, judge_url=args.judge_url, n_gpus_per_node=args.gpus, nnodes=args.nnodes)
-    run = prepare(cfg, args.out, args.datasets)
-    log.info("verl run prepared in %s (%d overrides, validated)", run.out_dir, len(run.overrides))
+    args = parse_args(argv)
+    try:
+        run = prepare(config_from_args(args), args.out, args.datasets)
+    except ValueError as exc:
+        sys.stderr.write(f"searchlab train --engine verl: {exc}\n")
+        return 2
+    log.info("verl run %s prepared in %s (%d stage(s), validated in verl's config tree)", run.recipe, run.out_dir,
+             len(run.stages))
     if args.dry_run:
-        sys.stdout.write(" ".join(run.command()) + "\n")
+        sys.stdout.write(run.script())
         return 0
     return launch(run)
 
