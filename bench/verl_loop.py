@@ -1,6 +1,6 @@
 """Throughput of searchlab's verl agent loop: the queue path (Redis + workers) against inline, on CPU.
 
-    python bench/verl_loop.py [--episodes 64] [--max-turn-tokens 24] [--max-turns 2] [--lane 16]
+    python bench/verl_loop.py [--episodes 64] [--max-turn-tokens 40] [--max-turns 2] [--lane 16]
 
 Starts a real Redis, a retriever over a small corpus, searchlab's SGLang-compatible policy server
 (SmolLM2 on CPU, where verl's SGLang rollout server stands) and rollout workers as subprocesses. One
@@ -121,7 +121,7 @@ def stats(out: Any) -> tuple[float, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=64, help="samples in the step's batch (all in flight)")
-    p.add_argument("--max-turn-tokens", type=int, default=24)
+    p.add_argument("--max-turn-tokens", type=int, default=40)
     p.add_argument("--max-turns", type=int, default=2)
     p.add_argument("--lane", type=int, default=16, help="per-worker in-flight cap of the scaling runs")
     args = p.parse_args()

@@ -137,7 +137,7 @@ class SearchlabAgentLoop(AgentLoopBase):
     def request(self, prompt_ids: list[int], sampling_params: Mapping[str, Any],
                 row: Mapping[str, Any]) -> EpisodeRequest:
         cfg = self.searchlab
-        step = int(row.get("searchlab_step", -1) if row.get("searchlab_step") is not None else -1)
+        step = int(_plain(row.get("searchlab_step")) if row.get("searchlab_step") is not None else -1)
         validate = bool(row.get("searchlab_validate", False))
         rng = random.Random()
         backend = "retriever" if validate and cfg.retriever_url else self.curriculum.backend(rng)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from cachetools import LRUCache
 from verl.workers.rollout.replica import TokenOutput
 
 from shared.client import ServiceClient
@@ -38,7 +39,7 @@ class HTTPServerManager:
         self.response_length = response_length
         self.max_model_len = max_model_len
         self._inflight: Counter[str] = Counter()
-        self._sticky: dict[str, str] = {}
+        self._sticky: LRUCache[str, str] = LRUCache(maxsize=10_000)  # as verl's load balancer keeps them
 
     def _acquire(self, request_id: str) -> str:
         url = self._sticky.get(request_id) or min(self.servers, key=lambda u: self._inflight[u])
