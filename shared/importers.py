@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -194,8 +195,29 @@ def _hf_data_files(paths: Sequence[Path]) -> tuple[str, list[str]]:
     return builders.pop(), [str(f) for f in files]
 
 
+def _load_hf(paths: Sequence[str], options: ImportOptions, cache: str) -> Any:
+    """A Dataset or DatasetDict: a ``save_to_disk`` folder, data files (or folders of them), or a hub name."""
+    import datasets
+
+    local = [Path(p) for p in paths]
+    if len(local) == 1 and local[0].is_dir() and any((local[0] / f).is_file() for f in
+                                                     ("dataset_dict.json", "state.json", "dataset_info.json")):
+        return datasets.load_from_disk(str(local[0]))
+    if all(p.exists() for p in local):
+        builder, files = _hf_data_files(local)
+        return datasets.load_dataset(builder, data_files=files, cache_dir=cache)
+    missing = [p for p, q in zip(paths, local, strict=True) if not q.exists()]
+    if len(paths) > 1:
+        raise DataImportError(f"{', '.join(missing)}: no such file")
+    if os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "false", "False", ""):
+        raise DataImportError(f"{paths[0]}: no such folder or file; loading a dataset by name from the hub needs "
+                              "a network and HF_DATASETS_OFFLINE=0")
+    return datasets.load_dataset(paths[0], options.config, cache_dir=cache)
+
+
 def read_hf_rows(paths: Sequence[str], options: ImportOptions) -> tuple[int | None, Iterator[RawRow]]:
-    """Rows of a Hugging Face dataset: a ``save_to_disk`` folder, data files, or a hub name."""
+    """Rows of a Hugging Face dataset (every split, or ``options.split``), one at a time."""
+    logging.getLogger("datasets").setLevel(logging.WARNING)  # its import logs INFO lines around our one error line
     import datasets
 
     if not interactive():
@@ -203,33 +225,18 @@ def read_hf_rows(paths: Sequence[str], options: ImportOptions) -> tuple[int | No
     if not paths:
         raise DataImportError("no dataset given")
     cache = tempfile.mkdtemp(prefix="searchlab-hf-")  # load_dataset's Arrow copy of data files, removed after
-    local = [Path(p) for p in paths]
     try:
-        if len(local) == 1 and local[0].is_dir() and any((local[0] / f).is_file() for f in
-                                                         ("dataset_dict.json", "state.json", "dataset_info.json")):
-            loaded: Any = datasets.load_from_disk(str(local[0]))
-        elif all(p.exists() for p in local):
-            builder, files = _hf_data_files(local)
-            loaded = datasets.load_dataset(builder, data_files=files, cache_dir=cache)
-        elif len(paths) == 1 and os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "false", "False", ""):
-            raise DataImportError(f"{paths[0]}: no such folder or file; loading a dataset by name from the hub needs "
-                                  "a network and HF_DATASETS_OFFLINE=0")
-        elif len(paths) == 1:
-            loaded = datasets.load_dataset(paths[0], options.config, cache_dir=cache)
-        else:
-            raise DataImportError(f"{', '.join(p for p, q in zip(paths, local, strict=True) if not q.exists())}: "
-                                  "no such file")
-    except DataImportError:
-        shutil.rmtree(cache, ignore_errors=True)
-        raise
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types; the user needs the message
-        shutil.rmtree(cache, ignore_errors=True)
-        raise DataImportError(f"{paths[0]}: could not load the dataset ({type(exc).__name__}: {exc})") from None
-    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {options.split or "train": loaded}
-    if options.split is not None:
-        if options.split not in splits:
-            shutil.rmtree(cache, ignore_errors=True)
+        loaded = _load_hf(paths, options, cache)
+        splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {options.split or "train": loaded}
+        if options.split is not None and options.split not in splits:
             raise DataImportError(f"{paths[0]}: no split '{options.split}'; it has {', '.join(splits)}")
+    except Exception as exc:
+        shutil.rmtree(cache, ignore_errors=True)
+        if isinstance(exc, DataImportError):
+            raise
+        # datasets raises many types; the user needs its message
+        raise DataImportError(f"{paths[0]}: could not load the dataset ({type(exc).__name__}: {exc})") from None
+    if options.split is not None:
         splits = {options.split: splits[options.split]}
     label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1})"
 

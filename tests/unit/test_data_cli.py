@@ -220,3 +220,20 @@ def test_a_failed_import_keeps_the_previous_one(user_data: Path, tmp_path: Path)
     assert run("import", "--format", "flashrag", "--name", "kept", "--force", str(bad), "--no-progress") == 2
     assert (user_data / "kept" / "dev.jsonl.gz").read_bytes() == before
     assert sorted(p.name for p in (user_data / "kept").iterdir()) == ["dev.jsonl.gz"]
+
+
+def test_the_searchlab_command_prints_only_the_error_line(user_data: Path, tmp_path: Path) -> None:
+    """Through the real entry point (logging configured, the datasets library imported)."""
+    import os
+    import subprocess
+    import sys
+
+    from shared.config import REPO_ROOT
+
+    result = subprocess.run([sys.executable, "-m", "services.cli", "data", "import", "--format", "hf", "--name", "x",
+                             "no_such_dataset_here"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["searchlab data import: error: no_such_dataset_here: no such folder or "
+                                          "file; loading a dataset by name from the hub needs a network and "
+                                          "HF_DATASETS_OFFLINE=0"]
