@@ -31,106 +31,36 @@ in ``search_failures``, never an exception.
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.trainer.rollout.search import SearchOutcome, SearchQuery, SearchRegistry
+from services.trainer.rollout.trajectory import (
+    ANSWER_PREFILL,
+    BASELINE_PROMPTS,
+    FINAL_NUDGE,
+    INVALID_ACTION,
+    MIN_TURN_TOKENS,
+    NO_DOCUMENTS,
+    SCORE_METRICS,
+    SEARCH_FAILED,
+    AgentState,
+    Trajectory,
+)
 from shared.client import JudgeClient, ServiceCallError
 from shared.llm import Generation, LLMBackend, Messages, SamplingParams
 from shared.metrics import METRICS, best_match
-from shared.protocol import Template, extract_answer, format_documents, get_template, last_action
+from shared.protocol import extract_answer, format_documents, get_template, last_action
 from shared.rewards import RewardConfig, compute_reward
 from shared.schemas import EpisodeRequest, EpisodeResult
 
+__all__ = ["ANSWER_PREFILL", "FINAL_NUDGE", "INVALID_ACTION", "AgentRunner", "AgentState", "EpisodeSteps",
+           "Tokenizing", "Trajectory"]
+
 log = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------- named prompts and observations
-
-BASELINE_PROMPTS: dict[str, str] = {
-    "direct": (
-        "Answer the given question from your own knowledge with a short answer (a name, a date, a number or a "
-        "few words), inside <answer> and </answer>, without explanations. Question: {question}\n"
-    ),
-    "rag": (
-        "Answer the given question using the documents below, with a short answer (a name, a date, a number "
-        "or a few words), inside <answer> and </answer>, without explanations.\n"
-        "Documents:\n{documents}\nQuestion: {question}\n"
-    ),
-}
-ANSWER_PREFILL = "<answer>"  # direct / rag: the assistant turn starts inside the answer block
-# Environment texts never contain tag literals: a "<answer>" inside an observation would be parsed as one.
-INVALID_ACTION = ("My previous action is invalid. If I want to search, I should put the query between the search "
-                  "tags. If I want to give the final answer, I should put it between the answer tags. "
-                  "Let me try again.")
-FINAL_NUDGE = "The search budget is used up. Give the final answer now, between the answer tags."
-SEARCH_FAILED = "The search failed ({error}); no documents were retrieved."
-NO_DOCUMENTS = "No documents were found for this query."
-MIN_TURN_TOKENS = 8  # a turn needs at least this much response budget left, else the episode ends
-SCORE_METRICS = ("em", "cover_em", "f1", "recall")
-
-
-class AgentState(enum.Enum):
-    GENERATE = "generate"  # waiting for the policy's next turn
-    SEARCH = "search"  # waiting for the search backend
-    DONE = "done"
-
-
-@dataclass
-class Trajectory:
-    """One episode's whole state: the request, the token record and the loop's counters."""
-
-    request: EpisodeRequest
-    template: Template
-    state: AgentState = AgentState.GENERATE
-    prompt_ids: list[int] = field(default_factory=list)
-    response_ids: list[int] = field(default_factory=list)
-    loss_mask: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    segments: list[str] = field(default_factory=list)  # response text, one entry per turn / observation
-    prefill: str = ""  # text already in the prompt that belongs to the answer (direct / rag)
-    turns: int = 0
-    searches: int = 0
-    search_failures: int = 0
-    invalid_actions: int = 0
-    final_turn: bool = False  # the next generation must answer
-    forced_answer: bool = False  # the environment opened the answer block for the final turn (mask 0)
-    pending_query: str | None = None
-    finish_reason: str = ""
-    error: str | None = None
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def method(self) -> str:
-        return self.request.method
-
-    @property
-    def remaining(self) -> int:
-        return self.request.max_total_tokens - len(self.response_ids)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.segments)
-
-    def finish(self, reason: str) -> None:
-        self.state, self.finish_reason = AgentState.DONE, reason
-
-    def add_policy(self, gen: Generation, text: str) -> None:
-        self.response_ids += gen.token_ids
-        self.loss_mask += [1] * len(gen.token_ids)
-        self.logprobs += gen.logprobs
-        self.segments.append(text)
-
-    def add_observation(self, ids: list[int], text: str) -> None:
-        self.response_ids += ids
-        self.loss_mask += [0] * len(ids)
-        self.logprobs += [0.0] * len(ids)
-        self.segments.append(text)
-
 
 # --------------------------------------------------------------------------- the transitions
 

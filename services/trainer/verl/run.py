@@ -259,6 +259,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--simulator-url")
     parser.add_argument("--judge-url")
     parser.add_argument("--algorithm", choices=["grpo", "dapo", "reinforce"], help="default: the recipe's")
+    parser.add_argument("--search", choices=["retriever", "simulator", "mix"], help="default: the recipe's")
+    parser.add_argument("--real-fraction", type=float, default=0.5, help="--search mix: share on the retriever")
     parser.add_argument("--datasets", nargs="+", help="QA sets whose train parts RL uses (default: the recipe's)")
     parser.add_argument("--ramp-samples", help="masksearch: the RAMP samples JSONL (a ramp job's output)")
     parser.add_argument("--metric", help="answer metric (default: the recipe's)")
@@ -279,6 +281,7 @@ def config_from_args(args: argparse.Namespace) -> VerlConfig:
     return VerlConfig(
         recipe=args.recipe, dispatch=args.dispatch, model_path=args.model, retriever_url=args.retriever_url,
         simulator_url=args.simulator_url, judge_url=args.judge_url, algorithm=args.algorithm, metric=args.metric,
+        search=args.search, real_fraction=args.real_fraction,
         ramp_samples=args.ramp_samples, train_batch_size=args.train_batch_size, total_training_steps=args.steps,
         save_freq=args.save_freq, test_freq=args.test_freq, n_gpus_per_node=args.gpus, nnodes=args.nnodes,
         tensor_parallel=args.tp, extra_overrides=args.override)

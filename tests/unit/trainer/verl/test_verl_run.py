@@ -182,6 +182,16 @@ def test_dry_run_prints_the_command_and_writes_the_run(tmp_path: Path, capsys: p
                              "--retriever-url", "http://r", "--datasets", "musique", "--dry-run"]) == 2
 
 
+def test_the_cli_mixes_real_and_simulated_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert verl_engine.main(["--recipe", "zerosearch", "--out", str(tmp_path), "--model", "/models/policy",
+                             "--retriever-url", "http://r:8001", "--simulator-url", "http://s:8003", "--search", "mix",
+                             "--real-fraction", "0.3", "--datasets", "musique", "--train-batch-size", "8",
+                             "--dry-run"]) == 0
+    capsys.readouterr()
+    [entry] = yaml.safe_load((tmp_path / "stages" / "1-qa" / "agent_loop.yaml").read_text())
+    assert (entry["searchlab"]["search"], entry["searchlab"]["real_fraction"]) == ("mix", 0.3)
+
+
 def test_importing_the_loop_keeps_the_runs_registry_entry(runs: dict[str, verl_engine.VerlRun]) -> None:
     """verl reads agent_loop.yaml into its registry, then imports our module inside the first sample's
     instantiation; the import must not replace the entry that carries the run's config (a fresh interpreter,
