@@ -98,12 +98,13 @@ class Worker:
         self._inflight_lock = threading.Lock()
         self.stopping = threading.Event()
         self.completed = 0
+        self._registered: list[str] = []
 
     # -- loop -------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until stopped (or ``max_episodes``); returns the number of episodes completed."""
         self.policies.get(self.policies.default())  # fail at start, not at the first episode, on a bad model
-        self.queue.register_worker(self.name, self.policies.names(), self.completed)
+        self._register()
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         heartbeat.start()
         log.info("%s ready: batch %d, visibility %.0fs", self.name, self.settings.batch_size,
@@ -169,6 +170,8 @@ class Worker:
             for d in group:
                 self.queue.fail(d, f"policy {policy.path!r} did not load: {type(exc).__name__}: {exc}", self.name)
             return
+        if self.policies.names() != self._registered:  # a policy loaded or evicted: say so now, not at the next beat
+            self._register()
         try:
             runner = AgentRunner(backend, self.search, self.judge, self.name, policy.version)
             results = runner.run([d.request for d in group])
@@ -198,9 +201,13 @@ class Worker:
                 ids = [d.entry_id for d in self._inflight] + self.lane.entry_ids()
             try:
                 self.queue.touch(self.name, ids)
-                self.queue.register_worker(self.name, self.policies.names(), self.completed)
+                self._register()
             except (OSError, redis.RedisError) as exc:
                 log.warning("%s heartbeat failed: %s", self.name, exc)
+
+    def _register(self) -> None:
+        self._registered = self.policies.names()
+        self.queue.register_worker(self.name, self._registered, self.completed)
 
     def stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
         log.info("%s got signal %d: finishing the batch in flight, then exiting", self.name, signum)
