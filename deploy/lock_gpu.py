@@ -5,9 +5,9 @@ needs ``sglang==0.5.6``, which pins ``torch==2.9.1`` and ``transformers==4.57.1`
 (``deploy/requirements.lock``) has torch 2.13.0 and transformers 5.23.0. So the GPU closure is resolved
 from its own roots:
 
-- every runtime dependency of ``pyproject.toml`` except those :data:`REPLACED` below (torch, transformers,
-  verl: their GPU pins), plus :data:`GPU_ROOTS` (SGLang, Liger kernels, Ray at the CPU lock's version so
-  the trainer's Jobs API client and the cluster agree);
+- every runtime dependency of ``pyproject.toml`` (torch, transformers and verl as :data:`REPLACED` pins them
+  for the GPU), plus its ``gpu`` extra (verl's SGLang extra, SGLang, Liger kernels), plus Ray at the CPU
+  lock's version (the trainer's Jobs API client and the cluster then agree);
 - resolved with ``pip install --dry-run --ignore-installed --report`` for ``--platform manylinux_2_28_x86_64
   --python-version 3.11 --only-binary=:all:`` against PyPI, with the machine's pip configuration switched
   off (``PIP_CONFIG_FILE=/dev/null``), so nothing local leaks in;
@@ -53,7 +53,7 @@ INDEX = "https://pypi.org/simple"
 # pyproject roots that the GPU closure pins differently (verl 0.7.1's sglang extra and sglang 0.5.6's own pins)
 REPLACED = {
     "torch": "torch==2.9.1",
-    "transformers": "transformers==4.57.1",
+    "transformers": "transformers[serving]==4.57.1",
     "verl": "verl[sglang]==0.7.1",
 }
 FLASH_ATTN = "flash-attn==2.8.3.post2"  # sdist only on PyPI: built in Dockerfile.gpu (deploy/requirements-gpu-source.lock)
@@ -73,11 +73,12 @@ def cpu_pin(name: str) -> str:
 
 def gpu_roots() -> list[str]:
     """The GPU closure's top-level requirements (module docstring)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     roots = []
-    for raw in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+    for raw in project["dependencies"]:
         name = canonicalize_name(Requirement(raw).name)
         roots.append(REPLACED.get(name, raw))
-    return [*roots, "sglang[srt,openai]==0.5.6", "liger-kernel", f"ray[default]=={cpu_pin('ray').split('==')[1]}"]
+    return [*roots, *project["optional-dependencies"]["gpu"], f"ray[default]=={cpu_pin('ray').split('==')[1]}"]
 
 
 def resolve(roots: list[str], constraints: Path | None = None, timeout_s: float = 1800) -> dict[str, str]:
