@@ -70,6 +70,21 @@ def corpus_path() -> Path:
 
 
 Dtype = Literal["auto", "float32", "bfloat16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def resolve_device(device: Device) -> Literal["cpu", "cuda"]:
+    """``auto``: CUDA when a GPU is visible, else the CPU; ``cuda`` without one is a ``ValueError``."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise ValueError("device 'cuda': no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                         "use device 'auto' or 'cpu'")
+    return "cpu"
 
 
 def cpu_has_bf16() -> bool:
@@ -106,6 +121,8 @@ class LLMSettings(BaseModel):
     # local backend weights: auto = bf16 where the CPU computes it natively (AVX512-BF16/AMX: batched
     # decoding ~2x faster, same greedy answers in our checks), else float32. Exact log-prob checks use float32.
     dtype: Dtype = "auto"
+    # local backend: where the model runs. auto = CUDA when a GPU is visible (dtype auto -> bf16 there), else CPU
+    device: Device = "auto"
 
     @field_validator("base_url")
     @classmethod

@@ -10,7 +10,8 @@ Backends (a registry; unknown names raise ``ValueError`` listing the valid ones)
   decode loop so that stop strings, per-token log-probs and finish reasons are exact.
 - ``openai``: any OpenAI-compatible server (SGLang, vLLM, ``transformers serve``) for
   ``chat``; SGLang's native ``/generate`` (token ids in, token ids + log-probs out) for
-  ``generate``. Timeouts and capped, backed-off retries come from :mod:`shared.client`.
+  ``generate``, and ``/update_weights_from_disk`` to move the server to new weights
+  (:mod:`shared.sglang`). Timeouts and capped, backed-off retries come from :mod:`shared.client`.
 
 Log-probs are those of the model's own distribution at temperature 1 (what the policy loss
 needs), whatever temperature was used to sample.
@@ -26,8 +27,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.client import ServiceCallError, ServiceClient
-from shared.config import LLMSettings, hf_offline, resolve_dtype
+from shared.config import LLMSettings, hf_offline, resolve_device, resolve_dtype
 from shared.kv_cache import preallocate
+from shared.sglang import (
+    UPDATE_WEIGHTS,
+    WeightSyncError,
+    check_update_weights,
+    parse_sglang_generate,
+    sglang_generate_body,
+    update_weights_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +96,8 @@ class _Tokenization:
 
 
 class LocalBackend(_Tokenization):
-    """transformers in-process; thread-safe (one generation at a time per model)."""
+    """transformers in-process, on ``settings.device`` (a CUDA GPU or the CPU); thread-safe (one
+    generation at a time per model)."""
 
     def __init__(self, settings: LLMSettings):
         hf_offline()
@@ -100,13 +110,14 @@ class LocalBackend(_Tokenization):
         path = resolve(settings.model)
         self.model_name = settings.model
         self.path = path
-        self.dtype = resolve_dtype(settings.dtype)
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
         dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), padding_side="left")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-        self.model.eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        self.model = model.to(self.device).eval()
         self.eos_ids = self._eos_ids()
         self._lock = threading.Lock()
 
@@ -162,7 +173,7 @@ class LocalBackend(_Tokenization):
         # Padding sits between the shared head and each row's own tail; positions skip it.
         mask = torch.cat([torch.ones((n, shared), dtype=torch.long, device=device), tail_mask], dim=-1)
         positions = shared + (tail_mask.cumsum(-1) - 1).clamp(min=0)
-        generator = torch.Generator(device="cpu")
+        generator = torch.Generator(device=device)  # multinomial wants its generator on the logits' device
         if sampling.seed is not None:
             generator.manual_seed(sampling.seed)
 
@@ -313,6 +324,15 @@ class OpenAIBackend(_Tokenization):
 
         return self._map(one, prompts)
 
+    def load_weights(self, model_path: str, weight_version: str | None = None) -> str:
+        """Have the server load new weights from ``model_path`` (SGLang's ``/update_weights_from_disk``;
+        the folder must be readable *by the server*). Raises :class:`WeightSyncError` if it did not."""
+        try:
+            response = self.http.request("POST", UPDATE_WEIGHTS, json=update_weights_body(model_path, weight_version))
+        except ServiceCallError as exc:
+            raise WeightSyncError(f"{UPDATE_WEIGHTS} of {model_path!r} failed: {exc}") from exc
+        return check_update_weights(response.json())
+
 
 class HFTokenizer(_Tokenization):
     """Tokenization only (no model): for code that generates elsewhere, e.g. on remote SGLang servers."""
@@ -336,34 +356,6 @@ class HFTokenizer(_Tokenization):
         self = cls.__new__(cls)
         self.model_name, self.tokenizer = name, tokenizer
         return self
-
-
-def sglang_generate_body(prompt: list[int], sampling: SamplingParams,
-                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """SGLang's native ``/generate`` request: token ids in, token ids and log-probs out.
-
-    ``extra``: more SGLang sampling parameters (``top_k``, ``repetition_penalty``, ...)."""
-    params: dict[str, Any] = {**(extra or {}), "max_new_tokens": sampling.max_new_tokens,
-                              "temperature": sampling.temperature, "top_p": sampling.top_p}
-    if sampling.stop:
-        params["stop"] = sampling.stop
-    if sampling.seed is not None:
-        params["sampling_seed"] = sampling.seed
-    return {"input_ids": prompt, "sampling_params": params, "return_logprob": True, "logprob_start_len": -1}
-
-
-def parse_sglang_generate(data: dict[str, Any]) -> Generation:
-    """An SGLang ``/generate`` response -> :class:`Generation`."""
-    meta = data.get("meta_info") or {}
-    triples = meta.get("output_token_logprobs") or []
-    token_ids = [int(t[1]) for t in triples]
-    logprobs = [float(t[0]) if t[0] is not None else 0.0 for t in triples]
-    reason = meta.get("finish_reason") or {}
-    kind = reason.get("type") if isinstance(reason, dict) else str(reason)
-    matched = reason.get("matched") if isinstance(reason, dict) else None
-    return Generation(token_ids=token_ids, logprobs=logprobs, text=str(data.get("text", "")),
-                      finish_reason="length" if kind == "length" else "stop",
-                      stop_string=matched if isinstance(matched, str) else None)
 
 
 # --------------------------------------------------------------------------- registry

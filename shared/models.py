@@ -114,3 +114,24 @@ def check_model_name(name: str) -> str:
 def prepare_all() -> dict[str, Path]:
     """Make every embedded model ready (used by the setup command)."""
     return {SMOLLM2: smollm2_dir(), MINILM: minilm_dir()}
+
+
+def small_model(out: Path, *, seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4,
+                tokenizer: str = SMOLLM2, init_range: float = 0.1) -> Path:
+    """A randomly initialized Llama made from a config, with ``tokenizer``'s vocabulary, saved as a model
+    folder at ``out`` (nothing downloaded): distinct, loadable weights for tests and benches (``seed``
+    picks them; a larger ``init_range`` than Llama's 0.02 makes two seeds' log-probs clearly differ)."""
+    hf_offline()
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(resolve(tokenizer)))
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=4096, initializer_range=init_range, tie_word_embeddings=True,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return out

@@ -167,6 +167,18 @@ class JobCreated(BaseModel):
     id: str
 
 
+class ClusterJob(BaseModel):
+    """A job's run on a Ray cluster (an ``rl`` job on the verl engine, through the Ray Jobs API)."""
+
+    address: str  # the Ray Jobs API it was submitted to (the head's dashboard address)
+    submission_id: str  # Ray's id of the job (``ray job status <id>``)
+    status: str = "PENDING"  # Ray's: PENDING | RUNNING | STOPPED | SUCCEEDED | FAILED
+    message: str = ""  # Ray's message about that status
+    lines: int = 0  # driver log lines seen so far
+    step: int = 0  # the last training step reported from its log
+    log_tail: list[str] = Field(default_factory=list)  # its driver log's last lines (at most 100)
+
+
 class JobStatus(BaseModel):
     id: str
     kind: JobKind
@@ -181,6 +193,7 @@ class JobStatus(BaseModel):
     finished_at: float | None = None  # when it reached a final state
     artifacts: list[str] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
+    cluster: ClusterJob | None = None  # the job's run on a Ray cluster, if it has one
 
 
 class JobList(BaseModel):

@@ -6,6 +6,7 @@
     TRAINER_OUTPUT_DIR=<cache>/jobs          one folder per job: checkpoints, logs, plots, reports
     TRAINER_MAX_RUNNING=1                    jobs run at once (CPU-bound: one is right on 2 cores)
     TRAINER_TRACKING=tensorboard             step metrics also to: tensorboard,wandb,mlflow (any of them) | none
+    TRAINER_RAY_ADDRESS=http://ray-head:8265 the Ray Jobs API: rl jobs on the verl engine are launched there
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ class TrainerSettings(ServiceSettings):
     resume_queued: bool = True  # on start-up, re-run jobs that were queued but never started
     torch_threads: int | None = Field(default=None, ge=1)  # intra-op threads of training (None: torch default)
     tracking: str = "tensorboard"  # where step metrics also go, comma-separated: tensorboard, wandb, mlflow | none
+    # verl runs on a Ray cluster (services/trainer/jobs/cluster.py). The job folder must be on storage the
+    # cluster shares (the cache volume): the Ray job reads and writes the run directory there.
+    ray_address: str | None = None  # the head's Jobs API, e.g. http://ray-head:8265 (None: verl runs are not launched)
+    ray_python: str = "python"  # the interpreter on the cluster that has searchlab and the gpu extras
+    ray_poll_s: float = Field(default=2.0, gt=0)  # how often a running Ray job's status is read
+    ray_wait_services_s: float = Field(default=600.0, ge=0)  # the Ray job waits this long for its services
+    ray_entrypoint_cpus: float = Field(default=1.0, ge=0)  # CPUs Ray reserves for the entrypoint (the driver)
 
     @model_validator(mode="after")
     def _fallbacks(self) -> TrainerSettings:

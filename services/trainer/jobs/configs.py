@@ -26,16 +26,23 @@ class RLJobConfig(RLConfig):
     ``local``: PyTorch in the trainer, episodes on the queue (every other field). ``verl``: a verl run, from
     ``model`` and ``verl`` (:class:`~services.trainer.verl.run.VerlConfig` fields: recipe, dispatch, sizes;
     service URLs default to the trainer's), prepared and validated in the job folder (``verl/``, the same
-    directory ``searchlab train --engine verl`` writes) with its command recorded; launching it on a GPU
-    cluster is not this job's part."""
+    directory ``searchlab train --engine verl`` writes) with its command recorded, then launched on the
+    trainer's Ray cluster (``TRAINER_RAY_ADDRESS``) and followed there (:mod:`services.trainer.jobs.cluster`)."""
 
     engine: Literal["local", "verl"] = "local"
     verl: dict[str, Any] = Field(default_factory=dict)  # engine "verl": VerlConfig fields (checked at submission)
+    # engine "verl": "auto" launches on the trainer's Ray cluster when it has one (TRAINER_RAY_ADDRESS), "ray"
+    # requires one, "none" only prepares and validates the run
+    launch: Literal["auto", "ray", "none"] = "auto"
+    # on Ray: the cluster waits for the services, prepares and validates the run, and stops there (no GPU)
+    prepare_only: bool = False
 
     @model_validator(mode="after")
     def _verl_fields(self) -> RLJobConfig:
         if self.verl and self.engine != "verl":
             raise ValueError("'verl' settings need engine 'verl'")
+        if (self.launch != "auto" or self.prepare_only) and self.engine != "verl":
+            raise ValueError("'launch' and 'prepare_only' are settings of engine 'verl'")
         if self.engine == "verl":
             from services.trainer.verl.config import VerlConfig
 

@@ -29,6 +29,11 @@ class JobCancelled(Exception):
     """Raised inside a job by :meth:`JobContext.check_cancelled` once cancellation was asked."""
 
 
+class JobDetached(Exception):
+    """Raised by a job that runs elsewhere (a Ray cluster) when the trainer shuts down: the run goes on
+    there, the job stays ``running``, and the next trainer attaches to it again."""
+
+
 class JobStore(Protocol):
     """Where a job's record lives (the manager: a Redis hash and an event stream per job)."""
 
@@ -49,8 +54,11 @@ class JobContext:
     """One running job: ``config`` (its validated kind config), ``dir`` (its folder), ``settings``."""
 
     def __init__(self, store: JobStore, job_id: str, kind: str, config: BaseModel, settings: TrainerSettings,
-                 job_dir: Path, cancel: threading.Event):
+                 job_dir: Path, cancel: threading.Event, stopping: threading.Event | None = None,
+                 cluster: dict[str, Any] | None = None):
         self.store = store
+        self._stopping = stopping or threading.Event()  # set when the trainer shuts down (cancel is set too)
+        self.cluster = cluster  # the record of the run this job already has on a Ray cluster (re-attach), if any
         self.job_id = job_id
         self.kind = kind
         self.config = config
@@ -78,6 +86,11 @@ class JobContext:
     def log(self, message: str, **extra: Any) -> None:
         log.info("job %s: %s", self.job_id, message)
         self.store.event(self.job_id, "log", {"message": message, **extra})
+
+    def set_cluster(self, record: dict[str, Any]) -> None:
+        """The job's run on a Ray cluster (``JobStatus.cluster``: address, submission id, status, log tail)."""
+        self.cluster = record
+        self.store.update(self.job_id, {"cluster": json.dumps(record)})
 
     # -- files -------------------------------------------------------------------------
     def artifact_path(self, name: str) -> Path:
@@ -108,6 +121,10 @@ class JobContext:
     # -- cancellation ------------------------------------------------------------------
     def cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    def stopping(self) -> bool:
+        """The trainer is shutting down (a job running elsewhere detaches instead of stopping its run)."""
+        return self._stopping.is_set()
 
     def check_cancelled(self) -> None:
         if self._cancel.is_set():

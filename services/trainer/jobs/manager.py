@@ -10,14 +10,15 @@ Redis layout (prefix ``TRAINER_KEY_PREFIX``, default ``searchlab:trainer``):
 - ``<prefix>:jobs``               sorted set of job ids by creation time;
 - ``<prefix>:job:<id>``           hash: kind, state, progress, step, metrics (JSON), error,
                                   created_at, updated_at, started_at, finished_at, artifacts (JSON),
-                                  config (JSON), cancel;
+                                  config (JSON), cancel, cluster (JSON: its run on a Ray cluster);
 - ``<prefix>:job:<id>:events``    stream, one entry per event: ``state`` changes, ``step``
                                   (step, progress, metrics) and ``log`` lines; served as SSE.
 
 Restart: a trainer that starts finds every job in Redis. Jobs that were ``running`` when the
-previous process died are marked ``interrupted`` (their checkpoints stay in the job folder);
-jobs still ``queued`` are resumed, i.e. started again (``TRAINER_RESUME_QUEUED``). One trainer
-process per key prefix.
+previous process died are marked ``interrupted`` (their checkpoints stay in the job folder), except
+those whose run is on a Ray cluster (``cluster`` in the record, a verl run): the new trainer attaches to
+that run again and follows it (a shut-down trainer leaves such runs going). Jobs still ``queued`` are
+resumed, i.e. started again (``TRAINER_RESUME_QUEUED``). One trainer process per key prefix.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import redis.asyncio as aredis
 from pydantic import BaseModel, ValidationError
 
 from services.trainer.config import TrainerSettings
-from services.trainer.jobs.context import JobCancelled, JobContext
+from services.trainer.jobs.context import JobCancelled, JobContext, JobDetached
 from services.trainer.jobs.kinds import JOB_KINDS, JobKindSpec
 from shared.schemas import JobState, JobStatus, JobSubmit
 
@@ -95,11 +96,14 @@ class JobManager:
     def start(self) -> dict[str, int]:
         """Recover after a restart: running -> interrupted, queued -> started again."""
         self.redis.ping()
-        counts = {"interrupted": 0, "resumed": 0}
+        counts = {"interrupted": 0, "resumed": 0, "reattached": 0}
         for job_id in self.redis.zrange(f"{self.prefix}:jobs", 0, -1):
             data = self.redis.hgetall(self._key(job_id))
             state = data.get("state")
-            if state == "running":
+            if state == "running" and _live_cluster(data):  # its run goes on on the Ray cluster: follow it again
+                self._schedule(job_id)
+                counts["reattached"] += 1
+            elif state == "running":
                 self._set_state(job_id, "interrupted", error="the trainer restarted while the job was running")
                 counts["interrupted"] += 1
             elif state == "queued" and self.settings.resume_queued:
@@ -127,7 +131,8 @@ class JobManager:
                     future.result(timeout=remaining)
                 except Exception:  # noqa: BLE001 - the job's own error is already recorded
                     pass
-            if self.redis.hget(self._key(job_id), "state") in ("running", "queued"):
+            data = self.redis.hgetall(self._key(job_id))
+            if data.get("state") in ("running", "queued") and not _live_cluster(data):
                 self._set_state(job_id, "interrupted", error="the trainer shut down while the job was running")
         self.redis.close()
 
@@ -174,6 +179,7 @@ class JobManager:
             started_at=float(data["started_at"]) if data.get("started_at") else None,
             finished_at=float(data["finished_at"]) if data.get("finished_at") else None,
             config=json.loads(data.get("config") or "{}"),
+            cluster=json.loads(data["cluster"]) if data.get("cluster") else None,
         )
 
     def list(self) -> list[JobStatus]:
@@ -241,7 +247,10 @@ class JobManager:
         data = self.redis.hgetall(self._key(job_id))
         with self._lock:
             cancel = self._cancels[job_id]
-        if data.get("cancel") == "1" or cancel.is_set():
+        cluster = json.loads(data["cluster"]) if _live_cluster(data) else None
+        if data.get("cancel") == "1" and cluster is not None:
+            cancel.set()  # cancelled while no trainer ran: the job attaches and stops its run on the cluster
+        elif data.get("cancel") == "1" or cancel.is_set():
             self._set_state(job_id, "cancelled")
             return
         spec = self.kinds.get(data["kind"])
@@ -249,14 +258,19 @@ class JobManager:
             self._set_state(job_id, "failed", error=f"kind '{data['kind']}' is not available on this trainer")
             return
         config = spec.config.model_validate_json(data["config"])
-        ctx = JobContext(self, job_id, data["kind"], config, self.settings, self.job_dir(job_id), cancel)
+        ctx = JobContext(self, job_id, data["kind"], config, self.settings, self.job_dir(job_id), cancel,
+                         stopping=self._stopping, cluster=cluster)
         if self.settings.torch_threads:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
-        self._set_state(job_id, "running")
+        if cluster is None or data.get("state") != "running":
+            self._set_state(job_id, "running")
         try:
             final = spec.run(ctx)
+        except JobDetached:
+            log.info("job %s: the trainer shuts down; its run goes on on the Ray cluster", job_id)
+            return
         except JobCancelled:
             if self._stopping.is_set():
                 self._set_state(job_id, "interrupted", error="the trainer shut down while the job was running")
@@ -306,3 +320,9 @@ class JobManager:
                 current.append(name)
                 self.redis.hset(self._key(job_id), "artifacts", json.dumps(current))
 
+
+def _live_cluster(data: dict[str, str]) -> bool:
+    """Whether a job record names a run on a Ray cluster that had not ended when last seen."""
+    if not data.get("cluster"):
+        return False
+    return json.loads(data["cluster"]).get("status") not in ("STOPPED", "SUCCEEDED", "FAILED")

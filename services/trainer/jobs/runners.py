@@ -3,7 +3,8 @@
 - ``sft``:       :func:`services.trainer.learn.sft.train_sft` (trajectory records -> a checkpoint)
 - ``rl``:        :func:`services.trainer.learn.rl.train_rl` (GRPO / DAPO with episodes on the rollout queue), or
                  with ``engine: "verl"`` :func:`services.trainer.verl.run.prepare` (the verl run directory,
-                 validated in verl's config tree, its command recorded in ``result.json``; not launched)
+                 validated in verl's config tree, its command recorded in ``result.json``), then launched on
+                 the trainer's Ray cluster and followed there (:func:`services.trainer.jobs.cluster.run_on_ray`)
 - ``ramp``:      :func:`services.trainer.data.ramp.build_ramp` (MaskSearch RAMP samples from corpus passages)
 - ``coldstart``: :func:`services.trainer.data.coldstart.build_coldstart` (scripted trajectories with real
                  retrieval: RAMP samples and QA ``train``-part questions -> SFT records)
@@ -21,6 +22,7 @@ Heavy imports (torch, models) happen inside the functions, when a job runs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,33 @@ def run_rl_job(ctx: JobContext) -> dict[str, Any]:
 
 
 def run_verl_job(ctx: JobContext, config: RLJobConfig) -> dict[str, Any]:
-    """Prepare and validate the verl run (the CLI's run directory, under ``verl/``); record its command."""
+    """Prepare and validate the verl run (the CLI's run directory, under ``verl/``); record its command; launch
+    it on the trainer's Ray cluster and follow it there (:mod:`services.trainer.jobs.cluster`)."""
+    from services.trainer.jobs.cluster import run_on_ray
+
+    launch = config.launch if config.launch != "auto" else ("ray" if ctx.settings.ray_address else "none")
+    if launch == "ray" and not ctx.settings.ray_address and ctx.cluster is None:
+        raise ValueError("launch 'ray' needs the trainer's Ray cluster: set TRAINER_RAY_ADDRESS (the head's "
+                         "Jobs API, e.g. http://ray-head:8265)")
+    if ctx.cluster is not None:  # a restarted trainer attaches to the run it launched before
+        run_json = json.loads((ctx.dir / "verl" / "run.json").read_text())
+        total = sum(int(s["total_steps"]) for s in run_json["stages"])
+        final = run_on_ray(ctx, ctx.dir / "verl", config.prepare_only, total)
+    else:
+        prepared = _prepare_verl(ctx, config)
+        if launch == "none":
+            ctx.write_result({**prepared, "launched": False})
+            return {"stages": float(len(prepared["stages"])),
+                    "train_rows": float(sum(s["train_rows"] for s in prepared["stages"]))}
+        total = sum(s["total_steps"] for s in prepared["stages"])
+        final = run_on_ray(ctx, ctx.dir / "verl", config.prepare_only, total)
+    result = json.loads(ctx.artifact_path("result.json").read_text()) if (ctx.dir / "result.json").is_file() else {}
+    ctx.write_result({**result, "launched": True, "cluster": final})
+    return {"steps": float(final["steps"])}
+
+
+def _prepare_verl(ctx: JobContext, config: RLJobConfig) -> dict[str, Any]:
+    """The run directory under ``verl/`` (validated in verl's tree), its files as artifacts, ``result.json``."""
     from services.trainer.verl.config import VerlConfig
     from services.trainer.verl.run import prepare
     from shared.models import ModelNotFound, resolve
@@ -100,11 +128,12 @@ def run_verl_job(ctx: JobContext, config: RLJobConfig) -> dict[str, Any]:
     for stage in run.stages:
         ctx.add_artifact(str((stage.dir / "overrides.txt").relative_to(ctx.dir)))
         ctx.add_artifact(str(stage.agent_loop.relative_to(ctx.dir)))
-    ctx.write_result({"engine": "verl", "recipe": run.recipe, "launched": False, "run_dir": str(run.out_dir),
-                      "command": run.script(), "commands": run.commands(),
-                      "stages": [{"name": s.name, "train_rows": s.train_rows, "total_steps": s.total_steps}
-                                 for s in run.stages]})
-    return {"stages": float(len(run.stages)), "train_rows": float(sum(s.train_rows for s in run.stages))}
+    prepared = {"engine": "verl", "recipe": run.recipe, "run_dir": str(run.out_dir), "command": run.script(),
+                "commands": run.commands(),
+                "stages": [{"name": s.name, "train_rows": s.train_rows, "total_steps": s.total_steps}
+                           for s in run.stages]}
+    ctx.write_result({**prepared, "launched": False})
+    return prepared
 
 
 def _retriever_url(ctx: JobContext, configured: str | None) -> str:

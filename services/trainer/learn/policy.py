@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shared.config import hf_offline
+from shared.config import Device, hf_offline, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -51,8 +51,10 @@ class OptimSpec(BaseModel):
 # --------------------------------------------------------------------------- model
 
 
-def load_policy(model: str, trainable: bool = True, train_layers: int | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) from the embedded name or a folder; fp32 weights on CPU.
+def load_policy(model: str, trainable: bool = True, train_layers: int | None = None,
+                device: Device = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) from the embedded name or a folder; fp32 weights on ``device`` (``auto``: CUDA
+    when a GPU is visible; compute runs in bf16 under :func:`autocast` on either device).
 
     ``train_layers``: train only the top N transformer blocks and the final norm (the embeddings,
     tied to the output layer, and the blocks below stay frozen). Backpropagation then stops at the
@@ -68,7 +70,8 @@ def load_policy(model: str, trainable: bool = True, train_layers: int | None = N
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    net = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    net: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    net.to(resolve_device(device))
     net.train(trainable)
     if not trainable:
         net.requires_grad_(False)
@@ -105,12 +108,18 @@ def save_checkpoint(model: Any, tokenizer: Any, path: Path) -> Path:
     return path
 
 
-def autocast(dtype: str) -> Any:
+def autocast(dtype: str, device_type: str = "cpu") -> Any:
+    """bf16 autocast on ``device_type`` (the model's: ``"cpu"`` or ``"cuda"``), or nothing for float32."""
     import torch
 
     if dtype == "bfloat16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def device_of(model: Any) -> torch.device:
+    """Where ``model``'s weights are (batches go there)."""
+    return next(model.parameters()).device
 
 
 # --------------------------------------------------------------------------- batches and log-probs
@@ -153,10 +162,11 @@ def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
     logp_sel = torch.log_softmax(model.get_output_embeddings()(hidden[sel]).float(), dim=-1)  # (m, vocab)
     picked = logp_sel.gather(-1, input_ids[:, 1:][sel].unsqueeze(-1)).squeeze(-1)
-    logp = torch.zeros(sel.shape, dtype=picked.dtype).masked_scatter(sel, picked)
+    logp = torch.zeros(sel.shape, dtype=picked.dtype, device=sel.device).masked_scatter(sel, picked)
     entropy = None
     if with_entropy:  # differentiable: an entropy bonus needs its gradient
-        entropy = torch.zeros(sel.shape, dtype=picked.dtype).masked_scatter(sel, -(logp_sel.exp() * logp_sel).sum(-1))
+        entropy = torch.zeros(sel.shape, dtype=picked.dtype, device=sel.device).masked_scatter(
+            sel, -(logp_sel.exp() * logp_sel).sum(-1))
     return logp, entropy
 
 
@@ -239,6 +249,7 @@ def train_supervised(model: Any, tokenizer: Any, examples: Sequence[Tokenized], 
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     pad_id = int(tokenizer.pad_token_id)
+    device = device_of(model)
     report = LoopReport()
     started = time.monotonic()
     model.train()
@@ -251,8 +262,9 @@ def train_supervised(model: Any, tokenizer: Any, examples: Sequence[Tokenized], 
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, len(batch), spec.micro_batch_size):
             micro = batch[start:start + spec.micro_batch_size]
-            input_ids, attn, loss_mask = pad_batch([s for s, _ in micro], [m for _, m in micro], pad_id)
-            with autocast(spec.dtype):
+            input_ids, attn, loss_mask = (t.to(device) for t in
+                                          pad_batch([s for s, _ in micro], [m for _, m in micro], pad_id))
+            with autocast(spec.dtype, device.type):
                 loss = masked_nll(model, input_ids, attn, loss_mask, n_tokens)
             loss.backward()
             loss_sum += float(loss.detach())

@@ -42,6 +42,7 @@ from services.trainer.learn.algos import (
 from services.trainer.learn.policy import (
     OptimSpec,
     autocast,
+    device_of,
     load_policy,
     pad_batch,
     save_checkpoint,
@@ -50,6 +51,7 @@ from services.trainer.learn.policy import (
 from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSampler, PromptSource, load_prompts
 from services.trainer.learn.rl_curriculum import Curriculum, CurriculumPoint, CurriculumSpec
 from services.trainer.learn.trajectories import sample_name, step_samples, write_jsonl
+from shared.config import Device, resolve_device
 from shared.models import resolve
 from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 
@@ -71,7 +73,8 @@ class RLConfig(BaseModel):
     optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=5e-6))
     micro_batch_size: int = Field(default=4, ge=1)  # episodes per forward/backward
     train_layers: int | None = Field(default=None, ge=1)  # train only the top N blocks (None: every weight)
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # bf16 autocast for forward/backward (fp32 weights)
+    device: Device = "auto"  # the policy, its reference and optimizer state: CUDA when visible (auto), else CPU
     episode: EpisodeSpec = Field(default_factory=EpisodeSpec)
     curriculum: CurriculumSpec = Field(default_factory=CurriculumSpec)
     max_refill_rounds: int = Field(default=2, ge=0)  # DAPO dynamic sampling: extra enqueue rounds per step
@@ -89,6 +92,7 @@ class RLConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RLConfig:
+        resolve_device(self.device)  # "cuda" on a machine without a GPU is refused at submission
         if self.prompts.kind == "ramp" and not self.prompts.path:
             raise ValueError("prompts.path: a RAMP prompt source needs the samples file (a ramp job's output)")
         return self
@@ -143,8 +147,10 @@ class RLTrainer:
         self.rollouts = rollouts
         torch.manual_seed(config.seed)
         self.rng = random.Random(config.seed)
-        self.model, self.tokenizer = load_policy(config.model, train_layers=config.train_layers)
-        self.ref = load_policy(config.model, trainable=False)[0] if config.algo.kl_coef > 0 else None
+        self.model, self.tokenizer = load_policy(config.model, train_layers=config.train_layers, device=config.device)
+        self.ref = (load_policy(config.model, trainable=False, device=config.device)[0]
+                    if config.algo.kl_coef > 0 else None)
+        self.device = device_of(self.model)
         trained = [p for p in self.model.parameters() if p.requires_grad]
         self.optim = torch.optim.AdamW(trained, lr=config.optim.lr, betas=config.optim.betas,
                                        weight_decay=config.optim.weight_decay)
@@ -252,13 +258,15 @@ class RLTrainer:
         for start in range(0, len(usable), cfg.micro_batch_size):
             sl = slice(start, start + cfg.micro_batch_size)
             width = int(attn[sl].sum(-1).max())
-            m_ids, m_attn = ids[sl, :width], attn[sl, :width]
-            m_mask, m_old, m_adv = mask[sl, :width - 1], old[sl, :width - 1], adv[sl, :width - 1]
+            # this micro-batch on the policy's device (the batch is padded and its advantages computed on CPU)
+            m_ids, m_attn = ids[sl, :width].to(self.device), attn[sl, :width].to(self.device)
+            m_mask, m_old, m_adv = (t[sl, :width - 1].to(self.device) for t in (mask, old, adv))
             ref_lp = None
+            dev = self.device.type
             if self.ref is not None:
-                with torch.no_grad(), autocast(cfg.dtype):
+                with torch.no_grad(), autocast(cfg.dtype, dev):
                     ref_lp = token_logprobs(self.ref, m_ids, m_attn, only=m_mask)[0]
-            with autocast(cfg.dtype):
+            with autocast(cfg.dtype, dev):
                 logp, entropy = token_logprobs(self.model, m_ids, m_attn, with_entropy=True, only=m_mask)
             if cfg.algo.entropy_coef == 0 and entropy is not None:
                 entropy = entropy.detach()  # logged only

@@ -33,6 +33,7 @@ from services.trainer.learn.policy import (
     steps_for,
     train_supervised,
 )
+from shared.config import Device, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,15 @@ class SFTConfig(BaseModel):
     limit: int | None = Field(default=None, ge=1)  # use only the first N records of all files
     optim: OptimSpec = Field(default_factory=OptimSpec)
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # bf16 autocast for forward/backward (fp32 weights)
+    device: Device = "auto"  # model, optimizer state and batches: CUDA when a GPU is visible (auto), else CPU
     seed: int = 0
     checkpoint_name: str = "checkpoint"  # folder under the job dir
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, v: Device) -> Device:
+        resolve_device(v)  # "cuda" on a machine without a GPU is refused at submission
+        return v
 
     @field_validator("data")
     @classmethod
@@ -97,7 +105,7 @@ def train_sft(config: SFTConfig, out_dir: Path,
 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_policy(config.model, train_layers=config.train_layers)
+    model, tokenizer = load_policy(config.model, train_layers=config.train_layers, device=config.device)
     tokenize = sft_tokenizer()
     examples: list[Tokenized] = []
     dropped = 0

@@ -33,8 +33,9 @@ from services.trainer.rollout.agent import AgentState, EpisodeSteps
 from services.trainer.rollout.search import SearchEndpoints, SearchOutcome, SearchQuery, hit_documents
 from shared.batching import MicroBatcher
 from shared.client import JudgeClient, RetrieverClient, ServiceCallError, ServiceClient, SimulatorClient
-from shared.llm import Generation, SamplingParams, parse_sglang_generate, sglang_generate_body
+from shared.llm import Generation, SamplingParams
 from shared.schemas import EpisodeRequest, EpisodeResult, Hit
+from shared.sglang import parse_sglang_generate, sglang_generate_body
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Keys (``job`` is a job id, ``ep`` an episode id):
 - ``searchlab:job:<job>:done``          hash ep -> id of its entry in the result stream (exactly one result)
 - ``searchlab:results:<job>``           stream of results of one job
 - ``searchlab:episodes:dead``           dead-letter stream: poison episodes with their error
-- ``searchlab:workers``                 hash worker name -> JSON {policies, completed, seen}: live workers
+- ``searchlab:workers``                 hash worker name -> JSON {policies, completed, weight_sync_failures, seen}
 
 Life of an episode: ``enqueue`` adds it once (a second enqueue of the same id is a no-op) ->
 a worker ``claim``s it (``XAUTOCLAIM`` of entries idle longer than the visibility timeout first,
@@ -281,9 +281,11 @@ class EpisodeQueue:
         return [fields for _, fields in cast(list[Any], self.redis.xrange(DEAD))]
 
     # -- workers and status -----------------------------------------------------------------
-    def register_worker(self, name: str, policies: list[str], completed: int) -> None:
-        """A worker's heartbeat: it is alive, with ``policies`` (``owner@vN``) loaded."""
-        info = {"policies": policies, "completed": completed, "seen": time.time()}
+    def register_worker(self, name: str, policies: list[str], completed: int, weight_sync_failures: int = 0) -> None:
+        """A worker's heartbeat: it is alive, with ``policies`` (``owner@vN``) loaded; ``weight_sync_failures``:
+        episodes it re-queued because its rollout server did not load their policy."""
+        info = {"policies": policies, "completed": completed, "weight_sync_failures": weight_sync_failures,
+                "seen": time.time()}
         self.redis.hset(WORKERS, name, json.dumps(info))
 
     def unregister_worker(self, name: str) -> None:

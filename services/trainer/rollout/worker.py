@@ -15,6 +15,12 @@ Episodes that name their own rollout servers (``EpisodeRequest.generation``: ver
 take the remote lane instead (:mod:`services.trainer.rollout.remote_lane`): no model is loaded for
 them, and up to ``WORKER_REMOTE_INFLIGHT`` of them run at once as coroutines, each result written as
 soon as its episode ends. The main loop keeps claiming while the lane has room.
+
+Weights on a remote backend (``WORKER_LLM__BACKEND=openai``: one SGLang server behind the worker):
+before a group of episodes runs with a policy (folder, version) other than the one on the server, the
+server is told to load it (``POST /update_weights_from_disk``, :meth:`shared.llm.OpenAIBackend.load_weights`).
+If it does not, the group is not generated on the old weights: its episodes are re-queued (and
+dead-lettered after ``max_attempts``) and counted in ``weight_sync_failures`` of the workers hash.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from shared.client import JudgeClient
 from shared.llm import LLMBackend, get_backend
 from shared.models import resolve
 from shared.schemas import PolicyRef
+from shared.sglang import WeightSyncError
 
 log = logging.getLogger("searchlab.worker")
 
@@ -45,19 +52,24 @@ log = logging.getLogger("searchlab.worker")
 class Policies:
     """The models this worker has loaded, by model folder, least recently used evicted first.
 
-    A remote generation backend (``WORKER_LLM__BACKEND=openai``: an SGLang server) holds its own
-    weights: every policy is that one backend, loaded once."""
+    A remote generation backend (``WORKER_LLM__BACKEND=openai``: an SGLang server) holds one set of
+    weights: it is created once, and moved to each policy a group of episodes names before that group
+    runs (:meth:`_sync_remote`)."""
 
     def __init__(self, settings: WorkerSettings):
         self.settings = settings
         self.capacity = settings.policy_cache
         self.loaded: OrderedDict[str, tuple[LLMBackend, PolicyRef]] = OrderedDict()
+        self.remote_at: tuple[str, int] | None = None  # (folder, version) on the remote server; None: unknown
+        self.weight_syncs = 0  # successful /update_weights_from_disk calls
 
     def default(self) -> PolicyRef:
         return PolicyRef(owner="worker", version=0, path=self.settings.llm.model)
 
     def get(self, ref: PolicyRef) -> LLMBackend:
-        key = str(resolve(ref.path)) if self.settings.llm.backend == "local" else "<remote>"  # one name, one load
+        if self.settings.llm.backend != "local":
+            return self._sync_remote(ref)
+        key = str(resolve(ref.path))  # one name, one load
         if key in self.loaded:
             self.loaded.move_to_end(key)
             backend, _ = self.loaded[key]
@@ -69,6 +81,26 @@ class Policies:
                 evicted, (_, old) = self.loaded.popitem(last=False)
                 log.info("%s unloaded policy %s v%d (%s)", self.settings.name, old.owner, old.version, evicted)
         self.loaded[key] = (backend, ref)
+        return backend
+
+    def _sync_remote(self, ref: PolicyRef) -> LLMBackend:
+        """The remote backend, with ``ref``'s weights on its server (``WeightSyncError`` if they could not be
+        loaded: the server's weights are then unknown, and the next group loads its own again)."""
+        if "<remote>" not in self.loaded:  # the server starts with the worker's configured model
+            self.loaded["<remote>"] = (get_backend(self.settings.llm), self.default())
+            self.remote_at = (self.settings.llm.model, 0)
+        backend, _ = self.loaded["<remote>"]
+        if (ref.path, ref.version) != self.remote_at:
+            load = getattr(backend, "load_weights", None)
+            if load is None:
+                raise WeightSyncError(f"the {self.settings.llm.backend} backend cannot load new weights")
+            log.info("%s: rollout server %s loads policy %s v%d from %s", self.settings.name,
+                     self.settings.llm.base_url, ref.owner, ref.version, ref.path)
+            self.remote_at = None
+            load(ref.path, f"{ref.owner}@v{ref.version}")
+            self.remote_at = (ref.path, ref.version)
+            self.weight_syncs += 1
+        self.loaded["<remote>"] = (backend, ref)
         return backend
 
     def names(self) -> list[str]:
@@ -98,6 +130,7 @@ class Worker:
         self._inflight_lock = threading.Lock()
         self.stopping = threading.Event()
         self.completed = 0
+        self.weight_sync_failures = 0  # episodes re-queued because the rollout server kept its old weights
         self._registered: list[str] = []
 
     # -- loop -------------------------------------------------------------------------------
@@ -164,6 +197,14 @@ class Worker:
         started = time.monotonic()
         try:
             backend = self.policies.get(policy)
+        except WeightSyncError as exc:  # never generate this version's episodes on other weights
+            log.error("%s: policy %s v%d not on the rollout server; %d episode(s) re-queued: %s", self.name,
+                      policy.owner, policy.version, len(group), exc)
+            self.weight_sync_failures += len(group)
+            for d in group:
+                self.queue.fail(d, f"weight sync of {policy.owner}@v{policy.version}: {exc}", self.name)
+            self._register()
+            return
         except (OSError, ValueError) as exc:  # a policy that does not load fails its episodes, not the worker
             log.error("%s: policy %s v%d (%s) did not load: %s", self.name, policy.owner, policy.version,
                       policy.path, exc)
@@ -207,7 +248,8 @@ class Worker:
 
     def _register(self) -> None:
         self._registered = self.policies.names()
-        self.queue.register_worker(self.name, self._registered, self.completed)
+        self.queue.register_worker(self.name, self._registered, self.completed,
+                                   weight_sync_failures=self.weight_sync_failures)
 
     def stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
         log.info("%s got signal %d: finishing the batch in flight, then exiting", self.name, signum)

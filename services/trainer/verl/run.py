@@ -21,7 +21,7 @@ the environment of the launched processes (``SEARCHLAB_API_KEY``, ``SEARCHLAB_RE
 Composing and validating run on CPU (tested); launching needs GPUs, Ray and the ``gpu`` extras.
 
     searchlab train --engine verl --recipe search_r1 --out run/ --model Qwen/Qwen2.5-3B-Instruct \\
-        --retriever-url http://retriever:8001 [--dispatch queue|inline] [--dry-run]
+        --retriever-url http://retriever:8001 [--dispatch queue|inline] [--dry-run] [--ray-address URL]
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def prepare(cfg: VerlConfig, out_dir: Path, datasets: list[str] | None = None) -
     script.write_text(run.script())
     script.chmod(0o755)
     (out_dir / "run.json").write_text(json.dumps({
-        "recipe": recipe.name, "paper": recipe.paper, "config": cfg.model_dump(mode="json"),
+        "recipe": recipe.name, "paper": recipe.paper, "config": cfg.model_dump(mode="json"), "datasets": datasets,
         "stages": [{"name": s.name, "train_rows": s.train_rows, "total_steps": s.total_steps,
                     "train": str(s.train_parquet), "val": str(s.val_parquet), "overrides": str(s.dir / "overrides.txt")}
                    for s in stages],
@@ -274,6 +274,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="one more hydra override of verl's config (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="write and validate, print the commands, do not launch")
+    parser.add_argument("--ray-address", metavar="URL",
+                        help="launch on this Ray cluster's Jobs API (http://head:8265) and follow it, instead of "
+                             "running command.sh here; --out must be on storage the cluster shares")
+    parser.add_argument("--ray-python", default="python", help="--ray-address: the interpreter on the cluster")
     return parser.parse_args(argv)
 
 
@@ -299,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         sys.stdout.write(run.script())
         return 0
+    if args.ray_address:
+        from services.trainer.verl.ray_jobs import submit_and_follow
+
+        return submit_and_follow(str(run.out_dir.resolve()), args.ray_address, python=args.ray_python)
     return launch(run)
 
 

@@ -62,3 +62,37 @@ def read_env_file(path: Path) -> dict[str, str]:
             assert sep, f"{path}: not KEY=VALUE: {line!r}"
             env[key.strip()] = value.strip()
     return env
+
+
+# ---- custom resources: validated against the CRD schemas vendored in deploy/schemas ---------------
+
+CRDS = {("ray.io/v1", "RayCluster"): REPO / "deploy" / "schemas" / "ray.io_rayclusters.yaml.gz"}
+
+
+def _strict(schema: Any) -> Any:
+    """An OpenAPI v3 structural schema where an object with listed properties admits no other field (what
+    ``kubectl apply --validate=strict`` does with a CRD), unless it says it keeps unknown fields."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_validator(api_version: str, kind: str) -> Any:
+    """A jsonschema validator of one custom resource kind, from its vendored CRD (strict, as above)."""
+    import gzip
+
+    import jsonschema
+
+    crd = yaml.safe_load(gzip.open(CRDS[(api_version, kind)]))
+    version = api_version.split("/")[1]
+    (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    schema = _strict(entry["schema"]["openAPIV3Schema"])
+    schema["properties"]["apiVersion"] = {"const": api_version}
+    schema["properties"]["kind"] = {"const": kind}
+    return jsonschema.Draft4Validator(schema)

@@ -123,10 +123,13 @@ def prefix_of(svc: dict[str, Any]) -> str | None:
 
 
 def listening_port(svc: dict[str, Any]) -> int:
+    """The port a service's URLs name: its HTTP port (a Ray head's: the dashboard, where the Jobs API is)."""
     prefix = prefix_of(svc)
     if prefix is not None:
         return int(service_env(svc)[f"{prefix}_PORT"])
     command = svc.get("command") or []
+    if command[:2] == ["ray", "start"] and "--head" in command:
+        return int(command[command.index("--dashboard-port") + 1])
     if "--port" in command:
         return int(command[command.index("--port") + 1])
     if str(svc.get("image", "")).startswith("redis:"):
@@ -335,3 +338,25 @@ def test_redis_persists_append_only_on_a_volume(model: dict[str, Any]) -> None:
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(v.split(":")[1] == "/data" and v.split(":")[0] in model["volumes"] for v in redis["volumes"])
+
+
+def test_gpu_profile_runs_a_ray_cluster_for_verl(model: dict[str, Any]) -> None:
+    services = active(model, "gpu")
+    head, worker = services["ray-head"], services["ray-worker"]
+    gpu_lock = (REPO / "deploy" / "requirements-gpu.lock").read_text()
+    for svc in (head, worker):
+        assert svc["build"]["dockerfile"] == "Dockerfile.gpu" and (REPO / "Dockerfile.gpu").is_file()
+        assert "ray==" in gpu_lock and svc["command"][:2] == ["ray", "start"]
+        assert any(v.split(":")[1] == "/cache" for v in svc["volumes"])  # the trainer's job folders
+        assert svc["shm_size"]
+    assert not gpu_devices(head) and head["command"][head["command"].index("--num-gpus") + 1] == "0"
+    (device,) = gpu_devices(worker)
+    command = worker["command"]
+    assert str(device["count"]) == command[command.index("--num-gpus") + 1] == "8"
+    assert command[command.index("--address") + 1] == "ray-head:6379"
+    assert worker["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    trainer_env = service_env(services["trainer"])
+    address = URL.match(trainer_env["TRAINER_RAY_ADDRESS"])
+    assert address is not None and dns_names(services)[address["host"]] == "ray-head"
+    assert "ray-head" not in active(model, "cpu") and "TRAINER_RAY_ADDRESS" not in service_env(
+        model["services"]["trainer-cpu"])

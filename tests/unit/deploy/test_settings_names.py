@@ -23,7 +23,8 @@ SETTINGS = {
     "TRAINER": "services.trainer.config:TrainerSettings",
     "WORKER": "services.trainer.rollout.settings:WorkerSettings",
 }
-LIBRARY_VARS = {"HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"}
+# read by the libraries, not by our settings (SGLang 0.5.6: srt/layers/sampler.py reads the last one)
+LIBRARY_VARS = {"HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "SGLANG_RETURN_ORIGINAL_LOGPROB"}
 BASE_ENV = REPO / "k8s" / "base" / "searchlab.env"
 LLM_ENV = {overlay: REPO / "k8s" / "overlays" / overlay / "llm.env" for overlay in ("cpu", "gpu")}
 

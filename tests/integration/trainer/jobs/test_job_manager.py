@@ -64,7 +64,7 @@ def test_a_resumed_job_whose_stored_config_no_longer_validates_fails_instead_of_
 
     second = _manager(redis_url, tmp_path, "t-resume")
     try:
-        assert second.start() == {"interrupted": 0, "resumed": 1}
+        assert second.start() == {"interrupted": 0, "resumed": 1, "reattached": 0}
         status = _wait_terminal(second, job_id)
         assert status.state == "failed"
         assert status.error is not None and "steps" in status.error

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.slow
     ({"engine": "verl", "verl": {"recipe_name": "search_r1"}}, "recipe_name"),
     ({"engine": "verl", "verl": {"dispatch": "carrier-pigeon"}}, "dispatch"),
     ({"verl": {"recipe": "search_r1"}}, "engine 'verl'"),
+    ({"launch": "ray"}, "engine 'verl'"),
+    ({"engine": "verl", "launch": "slurm"}, "config.launch"),
 ])
 def test_an_unknown_engine_or_verl_field_is_a_422(job_client: TrainerClient, config: dict[str, object],
                                                   field: str) -> None:
@@ -52,3 +54,10 @@ def test_a_verl_rl_job_writes_the_clis_run_and_records_the_command(job_client: T
     assert job_overrides == cli_overrides
     assert (job_dir / "stages/1-qa/agent_loop.yaml").read_text().replace(str(job_dir), "<run>") == \
         (cli_out / "stages/1-qa/agent_loop.yaml").read_text().replace(str(cli_out), "<run>")
+
+
+def test_launch_ray_without_a_ray_cluster_fails_saying_what_to_set(job_client: TrainerClient) -> None:
+    job = job_client.submit("rl", {"engine": "verl", "model": "smollm2", "launch": "ray",
+                                   "verl": {"recipe": "search_r1", "train_batch_size": 8}})
+    status = job_client.wait(job, timeout_s=120)
+    assert status.state == "failed" and "TRAINER_RAY_ADDRESS" in (status.error or "")
