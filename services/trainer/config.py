@@ -6,6 +6,9 @@
     TRAINER_OUTPUT_DIR=<cache>/jobs          one folder per job: checkpoints, logs, plots, reports
     TRAINER_MAX_RUNNING=1                    jobs run at once (CPU-bound: one is right on 2 cores)
     TRAINER_TRACKING=tensorboard             step metrics also to: tensorboard,wandb,mlflow (any of them) | none
+    TRAINER_READ_ROOTS='["/data/qa"]'       more folders job configs may read (JSON list; see confinement())
+    TRAINER_WRITE_ROOTS='["/data/out"]'     more folders job configs may write
+    TRAINER_ALLOWED_URLS='["http://..."]'   more service URLs job configs may name
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.config import ServiceSettings, cache_dir
+from shared.config import ServiceSettings, cache_dir, data_dir, user_data_dir
+from shared.confine import Confinement
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TRACKING_BACKENDS = ("tensorboard", "wandb", "mlflow")  # services/trainer/jobs/tracking.py
@@ -55,6 +59,9 @@ class TrainerSettings(ServiceSettings):
     resume_queued: bool = True  # on start-up, re-run jobs that were queued but never started
     torch_threads: int | None = Field(default=None, ge=1)  # intra-op threads of training (None: torch default)
     tracking: str = "tensorboard"  # where step metrics also go, comma-separated: tensorboard, wandb, mlflow | none
+    read_roots: list[Path] = Field(default_factory=list, max_length=64)  # beyond the data, models and outputs
+    write_roots: list[Path] = Field(default_factory=list, max_length=64)  # beyond the job, ramp, coldstart folders
+    allowed_urls: list[str] = Field(default_factory=list, max_length=64)  # beyond the configured services
 
     @model_validator(mode="after")
     def _fallbacks(self) -> TrainerSettings:
@@ -72,6 +79,16 @@ class TrainerSettings(ServiceSettings):
         path = self.output_dir or cache_dir() / "jobs"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def confinement(self) -> Confinement:
+        """Where a job submitted over HTTP may read (the shipped and imported data, the embedded models, every
+        job's and data job's outputs, ``read_roots``) and write (the job folders, ``<cache>/ramp``,
+        ``<cache>/coldstart``, ``write_roots``), and which URLs it may name (this trainer's services,
+        ``allowed_urls``). Nothing else: not the indexes, not the cluster's keys, not the rest of the disk."""
+        cache = cache_dir()
+        write = [self.jobs_dir(), cache / "ramp", cache / "coldstart", *self.write_roots]
+        read = [data_dir(), user_data_dir(), cache / "models", *write, *self.read_roots]
+        return Confinement.of(read, write, [*self.service_urls().values(), *self.allowed_urls])
 
     def service_urls(self) -> dict[str, str]:
         urls = {"retriever": self.retriever_url, "judge": self.judge_url, "simulator": self.simulator_url}

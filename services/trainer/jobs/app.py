@@ -105,4 +105,27 @@ def build_app(settings: TrainerSettings | None = None) -> FastAPI:
                      open_paths=dashboard.OPEN_PATHS, open_prefixes=dashboard.OPEN_PREFIXES)
     app.include_router(router)
     dashboard.mount(app)
+    _document_job_configs(app)
     return app
+
+
+def _document_job_configs(app: FastAPI) -> None:
+    """``POST /jobs`` takes ``{"kind", "config"}``; each kind's config schema (with every bound) goes into the
+    OpenAPI document as ``<kind>JobConfig``, so clients and fuzzers see what a config may hold."""
+    from fastapi.openapi.utils import get_openapi
+
+    from services.trainer.jobs.kinds import JOB_KINDS
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for kind, spec in JOB_KINDS.items():
+            config = spec.config.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(config.pop("$defs", {}))
+            components[f"{kind}JobConfig"] = config
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
