@@ -1,6 +1,7 @@
 """Settings of the trainer service (env prefix ``TRAINER_``).
 
     TRAINER_API_KEY=...                      required: the job endpoints need a bearer token
+    TRAINER_SERVICE_API_KEY=...              the token the jobs send to the retriever, judge, simulator
     TRAINER_REDIS_URL=redis://127.0.0.1:6379/0   (falls back to SEARCHLAB_REDIS_URL)
     TRAINER_RETRIEVER_URL / TRAINER_JUDGE_URL / TRAINER_SIMULATOR_URL   services the jobs use
     TRAINER_OUTPUT_DIR=<cache>/jobs          one folder per job: checkpoints, logs, plots, reports
@@ -48,6 +49,7 @@ class TrainerSettings(ServiceSettings):
 
     port: int = 8004
     api_key: SecretStr | None = None  # required at start-up (create_app(require_auth=True))
+    service_api_key: SecretStr | None = None  # bearer token the jobs send to the retriever, judge, simulator
     redis_url: str = ""  # empty -> SEARCHLAB_REDIS_URL -> redis://127.0.0.1:6379/0
     retriever_url: str | None = None  # search backend "retriever" and RAG baselines
     judge_url: str | None = None  # LLM answer reward / judge-scored eval
@@ -79,6 +81,9 @@ class TrainerSettings(ServiceSettings):
         path = self.output_dir or cache_dir() / "jobs"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def service_key(self) -> str | None:
+        return self.service_api_key.get_secret_value() if self.service_api_key else None
 
     def confinement(self) -> Confinement:
         """Where a job submitted over HTTP may read (the shipped and imported data, the embedded models, every

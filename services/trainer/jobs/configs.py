@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from services.trainer.data.coldstart import ColdStartConfig
 from services.trainer.eval.harness import EvalConfig, parse_method
@@ -49,7 +49,19 @@ class RLJobConfig(RLConfig):
 
 
 class ColdStartJobConfig(ColdStartConfig):
+    """A ``coldstart`` job: the retriever's bearer token is the trainer's (``TRAINER_SERVICE_API_KEY``), read
+    when the job runs; a config never carries a secret (it is stored and shown in ``GET /jobs``)."""
+
     retriever_url: ServiceURL | None = None  # type: ignore[assignment]  # None: the trainer's TRAINER_RETRIEVER_URL
+    api_key: SecretStr | None = Field(default=None, exclude=True)  # refused: see _no_secret
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_secret(cls, v: Any) -> None:
+        if v is not None:
+            raise ValueError("a job config carries no secret: the trainer sends its own key "
+                             "(TRAINER_SERVICE_API_KEY) to the services")
+        return None
 
 
 class EvalJobConfig(BaseModel):
