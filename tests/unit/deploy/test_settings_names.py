@@ -23,7 +23,8 @@ SETTINGS = {
     "TRAINER": "services.trainer.config:TrainerSettings",
     "WORKER": "services.trainer.rollout.settings:WorkerSettings",
 }
-LIBRARY_VARS = {"HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"}
+# read by libraries and by the redis pod (its requirepass, redis-cli's password), not by a searchlab service
+LIBRARY_VARS = {"HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "REDIS_PASSWORD", "REDISCLI_AUTH"}
 BASE_ENV = REPO / "k8s" / "base" / "searchlab.env"
 LLM_ENV = {overlay: REPO / "k8s" / "overlays" / overlay / "llm.env" for overlay in ("cpu", "gpu")}
 
