@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
 # --------------------------------------------------------------------------- errors
 
 
 # --------------------------------------------------------------------------- limits
+# HTTP request fields that are numbers or booleans are strict (``true`` is not 1, ``"3"`` is not 3): the
+# schema says what is accepted and nothing else is.
 # Upper bounds of every size a request can name (they show in each service's OpenAPI schema). A request over
 # one is a 422 at the door, never an out-of-memory worker or a stalled event loop later.
 
@@ -64,13 +66,13 @@ class RetrieveRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    queries: list[str] | None = None
+    queries: Annotated[list[str], Field(max_length=4096)] | None = None  # the service's max_queries is lower
     query: str | None = None  # SkyRL
-    topk: int | None = None  # None -> the service default
-    return_scores: bool = True  # accepted for compatibility; scores are always returned
+    topk: StrictInt | None = None  # None -> the service default
+    return_scores: StrictBool = True  # accepted for compatibility; scores are always returned
     mode: SearchMode | None = None  # None -> the service default
     # simulator facade only: noise probability for this request (None -> its schedule)
-    p_noise: float | None = Field(default=None, ge=0.0, le=1.0)
+    p_noise: StrictFloat | None = Field(default=None, ge=0.0, le=1.0)
     question: Text | None = None  # simulator facade only
     gold: Golds | None = None  # simulator facade only
 
@@ -112,7 +114,7 @@ class JudgeItem(BaseModel):
 
 
 class JudgeRequest(BaseModel):
-    items: list[JudgeItem] = Field(min_length=1)
+    items: list[JudgeItem] = Field(min_length=1, max_length=4096)  # the judge's max_items (256) is lower
     method: JudgeMethod = "llm"
 
 
@@ -140,7 +142,7 @@ class SimulateRequest(BaseModel):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     question: Text | None = None
     gold: Golds | None = None
-    k: int = Field(default=5, ge=1, le=MAX_TOPK)  # the service refuses k above its max_k with 422
+    k: StrictInt = Field(default=5, ge=1, le=MAX_TOPK)  # the service refuses k above its max_k with 422
     quality: Quality = "useful"
     mode: SimMode | None = None  # None -> the service's mode; "corpus" needs its retriever
 
@@ -160,8 +162,8 @@ class SimulateResponse(BaseModel):
 class ScheduleUpdate(BaseModel):
     """``POST /schedule`` of the simulator: the trainer's current step (and optionally T)."""
 
-    step: int = Field(ge=0)
-    total_steps: int | None = Field(default=None, ge=1)
+    step: StrictInt = Field(ge=0)
+    total_steps: StrictInt | None = Field(default=None, ge=1)
 
 
 class ScheduleState(BaseModel):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from services.trainer.jobs.overview import ClusterProbe
 from shared.schemas import JobCreated, JobList, JobStatus, JobSubmit
 from shared.service import ServiceError, create_app, state_dependency
 
+STREAM_ID = re.compile(r"\d{1,19}(-\d{1,19})?")  # a Redis stream entry id, as the events' ``id:`` lines carry
 ManagerDep = Annotated[JobManager, Depends(state_dependency("jobs", "the trainer is still starting"))]
 router = APIRouter(tags=["jobs"])
 
@@ -68,6 +70,8 @@ async def job_events(job_id: str, jobs: ManagerDep,
     """Server-sent events: ``event: state|step|log``, ``id:`` (resume with Last-Event-ID), JSON data;
     the stream ends after the job's final state event."""
     await asyncio.to_thread(jobs.get, job_id)  # an unknown job is a 404 before the stream starts
+    if last_event_id is not None and not STREAM_ID.fullmatch(last_event_id):
+        raise ServiceError(400, "bad_request", "Last-Event-ID: an event id this stream sent ('1733-0'), or 0")
 
     async def stream() -> AsyncIterator[str]:
         async for event in jobs.events(job_id, last_event_id or "0"):

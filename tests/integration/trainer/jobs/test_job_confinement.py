@@ -145,3 +145,12 @@ def test_an_artifact_path_cannot_leave_the_job_folder(trainer: Proc, client: Tra
                  f"/jobs/{job}/artifacts/..%2f{job}%2fconfig.json"):
         assert _raw_get(trainer.url, path) == 404, path
     assert os.path.isfile("/etc/passwd")  # the file is there; the trainer just never serves it
+
+
+@pytest.mark.parametrize("last_id", ["not-an-id", "1-2-3", "99999999999999999999999", "$"])
+def test_a_malformed_last_event_id_is_a_400_not_a_broken_stream(trainer: Proc, client: TrainerClient,
+                                                                user_data: Path, last_id: str) -> None:
+    job = client.submit("sft", {"data": [str(user_data / "notes.txt")], "max_steps": 1})
+    r = httpx.get(f"{trainer.url}/jobs/{job}/events", timeout=30,
+                  headers={"Authorization": f"Bearer {API_KEY}", "Last-Event-ID": last_id})
+    assert r.status_code == 400 and "Last-Event-ID" in r.text
