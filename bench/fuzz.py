@@ -82,7 +82,7 @@ def fuzz(url: str, key: str, examples: int, max_time: float, report: Path) -> di
     exe = Path(sys.executable).parent / "schemathesis"
     config = report.parent / "schemathesis.toml"
     config.write_text(CONFIG)
-    cmd = [str(exe), "run", f"{url}/openapi.json", "--config-file", str(config), "--checks", CHECKS, "-n", str(examples),
+    cmd = [str(exe), "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", CHECKS, "-n", str(examples),
            "--max-time", str(int(max_time)), "--request-timeout", "120", "--header", f"Authorization: Bearer {key}",
            "--seed", "1", "--no-color", "--report", "json", "--report-json-path", str(report),
            "--suppress-health-check", "all", "--workers", "1"]
