@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -48,7 +49,10 @@ class ClusterSettings(BaseSettings):
     simulator_mode: str = "corpus"  # corpus (grounded, cheap) | llm
     worker_batch: int = 8  # episodes a worker generates together
     trainer_threads: int = 0  # torch threads of the trainer's training jobs (0: every core)
-    api_key: SecretStr = SecretStr("searchlab-local")  # bearer token of the trainer's job API
+    # The bearer token every service of this cluster requires (and every client in it sends). None: a new
+    # random one per `searchlab up`, kept in the cluster's state file (mode 0600; `searchlab status` shows
+    # where). A committed default would let anyone on the machine in.
+    api_key: SecretStr | None = None
     start_timeout_s: float = 300.0
     run_dir: Path | None = None  # default <cache>/cluster
 
@@ -85,8 +89,15 @@ def service_env(state: ClusterState, settings: ClusterSettings) -> dict[str, str
         "SIMULATOR_MODE": settings.simulator_mode,
         "SIMULATOR_RETRIEVER_URL": state.urls.get("retriever", ""),
         "SIMULATOR_JUDGE_URL": state.urls.get("judge", ""),
-        "TRAINER_REDIS_URL": redis_url,
+        # one key, required by every service and sent by every client of it
+        "RETRIEVER_API_KEY": state.api_key,
+        "JUDGE_API_KEY": state.api_key,
+        "SIMULATOR_API_KEY": state.api_key,
         "TRAINER_API_KEY": state.api_key,
+        "SIMULATOR_RETRIEVER_API_KEY": state.api_key,
+        "TRAINER_SERVICE_API_KEY": state.api_key,
+        "WORKER_API_KEY": state.api_key,
+        "TRAINER_REDIS_URL": redis_url,
         "TRAINER_RETRIEVER_URL": state.urls.get("retriever", ""),
         "TRAINER_JUDGE_URL": state.urls.get("judge", ""),
         "TRAINER_SIMULATOR_URL": state.urls.get("simulator", ""),
@@ -118,7 +129,8 @@ def up(settings: ClusterSettings | None = None) -> ClusterState:
         down(settings)
     run_dir = local_cluster.run_dir(settings.run_dir)
     logs = run_dir / "logs"
-    state = ClusterState(run_dir=str(run_dir), api_key=settings.api_key.get_secret_value(), started_at=time.time())
+    key = settings.api_key.get_secret_value() if settings.api_key else secrets.token_urlsafe(32)
+    state = ClusterState(run_dir=str(run_dir), api_key=key, started_at=time.time())
     started: list[Proc] = []
     try:
         if settings.redis_url:

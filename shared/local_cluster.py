@@ -60,6 +60,10 @@ def load_state(configured_run_dir: Path | None = None) -> ClusterState | None:
 
 
 def save_state(state: ClusterState, configured_run_dir: Path | None = None) -> Path:
+    """Write the state file readable by its owner only (it holds the cluster's key)."""
     path = state_path(configured_run_dir)
-    path.write_text(json.dumps(asdict(state), indent=2))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(asdict(state), indent=2))
+    path.chmod(0o600)  # an older file keeps its mode through O_TRUNC
     return path

@@ -6,11 +6,34 @@ returns ``score`` (Search-R1's ``return_scores=false`` used to drop it and break
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
 # --------------------------------------------------------------------------- errors
+
+
+# --------------------------------------------------------------------------- limits
+# HTTP request fields that are numbers or booleans are strict (``true`` is not 1, ``"3"`` is not 3): the
+# schema says what is accepted and nothing else is.
+# Upper bounds of every size a request can name (they show in each service's OpenAPI schema). A request over
+# one is a 422 at the door, never an out-of-memory worker or a stalled event loop later.
+
+MAX_TEXT_CHARS = 8_000  # a question, a prediction, one message's content
+MAX_QUERY_CHARS = 2_000  # one search query (the retriever has its own, smaller setting)
+MAX_GOLDS = 256  # gold answers per item (TriviaQA has up to 182 aliases)
+MAX_GOLD_CHARS = 8_000  # one gold answer (FanOutQA: up to 4,703)
+MAX_NEW_TOKENS = 4_096  # tokens generated per turn
+MAX_TOTAL_TOKENS = 16_384  # an episode's response budget (policy + observation tokens)
+MAX_OBS_TOKENS = 4_096  # one <information> block
+MAX_TURNS = 16  # search turns of an episode
+MAX_PROMPT_TOKENS = 32_768  # a pre-tokenized prompt
+MAX_MESSAGES = 64  # messages of a pre-built prompt
+MAX_TOPK = 50
+
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Gold = Annotated[str, Field(max_length=MAX_GOLD_CHARS)]
+Golds = Annotated[list[Gold], Field(max_length=MAX_GOLDS)]
 
 
 class ErrorBody(BaseModel):
@@ -43,15 +66,15 @@ class RetrieveRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    queries: list[str] | None = None
+    queries: Annotated[list[str], Field(max_length=4096)] | None = None  # the service's max_queries is lower
     query: str | None = None  # SkyRL
-    topk: int | None = None  # None -> the service default
-    return_scores: bool = True  # accepted for compatibility; scores are always returned
+    topk: StrictInt | None = None  # None -> the service default
+    return_scores: StrictBool = True  # accepted for compatibility; scores are always returned
     mode: SearchMode | None = None  # None -> the service default
     # simulator facade only: noise probability for this request (None -> its schedule)
-    p_noise: float | None = Field(default=None, ge=0.0, le=1.0)
-    question: str | None = None  # simulator facade only
-    gold: list[str] | None = None  # simulator facade only
+    p_noise: StrictFloat | None = Field(default=None, ge=0.0, le=1.0)
+    question: Text | None = None  # simulator facade only
+    gold: Golds | None = None  # simulator facade only
 
     @model_validator(mode="after")
     def _one_of_query_queries(self) -> RetrieveRequest:
@@ -85,13 +108,13 @@ JudgeMethod = Literal["llm", "em", "f1", "cover_em", "recall"]
 
 
 class JudgeItem(BaseModel):
-    question: str = ""
-    gold: list[str] = Field(min_length=1)
-    prediction: str
+    question: Text = ""
+    gold: Golds = Field(min_length=1)
+    prediction: Text
 
 
 class JudgeRequest(BaseModel):
-    items: list[JudgeItem] = Field(min_length=1)
+    items: list[JudgeItem] = Field(min_length=1, max_length=4096)  # the judge's max_items (256) is lower
     method: JudgeMethod = "llm"
 
 
@@ -116,10 +139,10 @@ SimMode = Literal["llm", "corpus"]
 
 
 class SimulateRequest(BaseModel):
-    query: str = Field(min_length=1)
-    question: str | None = None
-    gold: list[str] | None = None
-    k: int = Field(default=5, ge=1)  # the service refuses k above its max_k with 422
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    question: Text | None = None
+    gold: Golds | None = None
+    k: StrictInt = Field(default=5, ge=1, le=MAX_TOPK)  # the service refuses k above its max_k with 422
     quality: Quality = "useful"
     mode: SimMode | None = None  # None -> the service's mode; "corpus" needs its retriever
 
@@ -139,8 +162,8 @@ class SimulateResponse(BaseModel):
 class ScheduleUpdate(BaseModel):
     """``POST /schedule`` of the simulator: the trainer's current step (and optionally T)."""
 
-    step: int = Field(ge=0)
-    total_steps: int | None = Field(default=None, ge=1)
+    step: StrictInt = Field(ge=0)
+    total_steps: StrictInt | None = Field(default=None, ge=1)
 
 
 class ScheduleState(BaseModel):
@@ -207,7 +230,7 @@ SearchBackendName = Literal["retriever", "simulator", "none"]
 
 
 class EpisodeSampling(BaseModel):
-    max_new_tokens: int = Field(default=128, ge=1)  # per turn
+    max_new_tokens: int = Field(default=128, ge=1, le=MAX_NEW_TOKENS)  # per turn
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
@@ -246,19 +269,21 @@ class EpisodeRequest(BaseModel):
     group_id: str | None = None  # GRPO/DAPO group (same prompt, n samples)
     method: EpisodeMethod = "agent"  # agent loop | direct answer | RAG-PE (retrieve once)
     template: str = "search_r1"  # shared.protocol template name
-    question: str = ""
-    messages: list[dict[str, str]] | None = None  # a pre-built prompt (e.g. RAMP); else built from question
-    prompt_ids: list[int] | None = None  # the prompt already tokenized (verl's chat template); wins over messages
-    ground_truth: list[str] = Field(default_factory=list)
+    question: Text = ""
+    messages: Annotated[list[dict[str, Text]], Field(max_length=MAX_MESSAGES)] | None = None  # a pre-built
+    # prompt (e.g. RAMP); else built from question
+    prompt_ids: Annotated[list[int], Field(max_length=MAX_PROMPT_TOKENS)] | None = None  # the prompt already
+    # tokenized (verl's chat template); wins over messages
+    ground_truth: Golds = Field(default_factory=list)
     policy: PolicyRef | None = None  # None: the worker's own configured model (WORKER_LLM__MODEL), version 0
     generation: RemoteGeneration | None = None  # set: generate on these servers (the policy is not loaded)
     search_backend: SearchBackendName = "retriever"
     p_noise: float | None = Field(default=None, ge=0.0, le=1.0)  # simulator: noisy-document probability
-    topk: int = Field(default=3, ge=1, le=50)
+    topk: int = Field(default=3, ge=1, le=MAX_TOPK)
     sampling: EpisodeSampling = Field(default_factory=EpisodeSampling)
-    max_turns: int = Field(default=4, ge=1)  # search turns before a forced final answer
-    max_total_tokens: int = Field(default=1024, ge=16)  # response budget (policy + observation tokens)
-    obs_max_tokens: int = Field(default=256, ge=8)  # each <information> block is truncated to this
+    max_turns: int = Field(default=4, ge=1, le=MAX_TURNS)  # search turns before a forced final answer
+    max_total_tokens: int = Field(default=1024, ge=16, le=MAX_TOTAL_TOKENS)  # response budget (policy + obs tokens)
+    obs_max_tokens: int = Field(default=256, ge=8, le=MAX_OBS_TOKENS)  # each <information> block is cut to this
     reward: EpisodeRewardSpec = Field(default_factory=EpisodeRewardSpec)
     meta: dict[str, Any] = Field(default_factory=dict)
 

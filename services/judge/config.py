@@ -29,6 +29,9 @@ class JudgeSettings(ServiceSettings):
 
     # Batching and backpressure (llm method).
     max_items: int = Field(default=256, ge=1)  # items per request; more -> 422
+    # Rule methods: characters a request may make the judge compare, sum over items of
+    # #gold x (prediction + gold length); more -> 422. Scored in a worker thread, never on the event loop.
+    max_rule_chars: int = Field(default=20_000_000, ge=1000)
     max_batch: int = Field(default=16, ge=1)  # items per backend call
     batch_wait_ms: float = Field(default=10.0, ge=0)  # how long a batch waits to fill up
     max_queue: int = Field(default=1024, ge=1)  # items waiting for the backend; beyond -> 503

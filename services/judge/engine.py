@@ -78,6 +78,7 @@ class Judge:
             max_queue=settings.max_queue, concurrency=settings.concurrency, on_batch=self._observe_batch,
             name="the judge queue", unit="items")
         self._inflight: dict[str, asyncio.Future[str]] = {}
+        self._rule_slots = asyncio.Semaphore(2)  # rule requests scored at once (the rest wait their turn)
 
     @property
     def model_name(self) -> str:
@@ -100,7 +101,13 @@ class Judge:
         if method == "llm":
             response = await self._judge_llm(items)
         elif method in METRICS:
-            response = self._judge_rule(items, method)
+            work = sum(len(item.gold) * len(item.prediction) + sum(map(len, item.gold)) for item in items)
+            if work > self.settings.max_rule_chars:
+                raise JudgeInputError(f"this request asks to compare {work:,} characters by rule "
+                                      f"(#gold x prediction length, summed over items); the limit is "
+                                      f"{self.settings.max_rule_chars:,}: send fewer or shorter items")
+            async with self._rule_slots:  # CPU work off the event loop: /health and other requests still answer
+                response = await asyncio.to_thread(self._judge_rule, items, method)
         else:
             raise JudgeInputError(f"unknown method {method!r}; valid: llm, {', '.join(RULE_METHODS)}")
         self.metrics.items.labels(method).inc(len(items))

@@ -1,12 +1,16 @@
 """Settings of the trainer service (env prefix ``TRAINER_``).
 
     TRAINER_API_KEY=...                      required: the job endpoints need a bearer token
+    TRAINER_SERVICE_API_KEY=...              the token the jobs send to the retriever, judge, simulator
     TRAINER_REDIS_URL=redis://127.0.0.1:6379/0   (falls back to SEARCHLAB_REDIS_URL)
     TRAINER_RETRIEVER_URL / TRAINER_JUDGE_URL / TRAINER_SIMULATOR_URL   services the jobs use
     TRAINER_OUTPUT_DIR=<cache>/jobs          one folder per job: checkpoints, logs, plots, reports
     TRAINER_MAX_RUNNING=1                    jobs run at once (CPU-bound: one is right on 2 cores)
     TRAINER_TRACKING=tensorboard             step metrics also to: tensorboard,wandb,mlflow (any of them) | none
     TRAINER_RAY_ADDRESS=http://ray-head:8265 the Ray Jobs API: rl jobs on the verl engine are launched there
+    TRAINER_READ_ROOTS='["/data/qa"]'       more folders job configs may read (JSON list; see confinement())
+    TRAINER_WRITE_ROOTS='["/data/out"]'     more folders job configs may write
+    TRAINER_ALLOWED_URLS='["http://..."]'   more service URLs job configs may name
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.config import ServiceSettings, cache_dir
+from shared.config import ServiceSettings, cache_dir, data_dir, user_data_dir
+from shared.confine import Confinement
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TRACKING_BACKENDS = ("tensorboard", "wandb", "mlflow")  # services/trainer/jobs/tracking.py
@@ -45,6 +50,7 @@ class TrainerSettings(ServiceSettings):
 
     port: int = 8004
     api_key: SecretStr | None = None  # required at start-up (create_app(require_auth=True))
+    service_api_key: SecretStr | None = None  # bearer token the jobs send to the retriever, judge, simulator
     redis_url: str = ""  # empty -> SEARCHLAB_REDIS_URL -> redis://127.0.0.1:6379/0
     retriever_url: str | None = None  # search backend "retriever" and RAG baselines
     judge_url: str | None = None  # LLM answer reward / judge-scored eval
@@ -63,6 +69,9 @@ class TrainerSettings(ServiceSettings):
     ray_poll_s: float = Field(default=2.0, gt=0)  # how often a running Ray job's status is read
     ray_wait_services_s: float = Field(default=600.0, ge=0)  # the Ray job waits this long for its services
     ray_entrypoint_cpus: float = Field(default=1.0, ge=0)  # CPUs Ray reserves for the entrypoint (the driver)
+    read_roots: list[Path] = Field(default_factory=list, max_length=64)  # beyond the data, models and outputs
+    write_roots: list[Path] = Field(default_factory=list, max_length=64)  # beyond the job, ramp, coldstart folders
+    allowed_urls: list[str] = Field(default_factory=list, max_length=64)  # beyond the configured services
 
     @model_validator(mode="after")
     def _fallbacks(self) -> TrainerSettings:
@@ -80,6 +89,19 @@ class TrainerSettings(ServiceSettings):
         path = self.output_dir or cache_dir() / "jobs"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def service_key(self) -> str | None:
+        return self.service_api_key.get_secret_value() if self.service_api_key else None
+
+    def confinement(self) -> Confinement:
+        """Where a job submitted over HTTP may read (the shipped and imported data, the embedded models, every
+        job's and data job's outputs, ``read_roots``) and write (the job folders, ``<cache>/ramp``,
+        ``<cache>/coldstart``, ``write_roots``), and which URLs it may name (this trainer's services,
+        ``allowed_urls``). Nothing else: not the indexes, not the cluster's keys, not the rest of the disk."""
+        cache = cache_dir()
+        write = [self.jobs_dir(), cache / "ramp", cache / "coldstart", *self.write_roots]
+        read = [data_dir(), user_data_dir(), cache / "models", *write, *self.read_roots]
+        return Confinement.of(read, write, [*self.service_urls().values(), *self.allowed_urls])
 
     def service_urls(self) -> dict[str, str]:
         urls = {"retriever": self.retriever_url, "judge": self.judge_url, "simulator": self.simulator_url}

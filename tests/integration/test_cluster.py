@@ -5,6 +5,7 @@ leaves no process behind. Real processes, real Redis, real models, loopback only
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -54,6 +55,15 @@ def test_up_brings_every_service_to_ready(cluster_env: dict[str, str]) -> None:
     for name in ("retriever", "judge", "simulator", "trainer"):
         assert httpx.get(report["urls"][name] + "/ready").status_code == 200
     assert searchlab("status", env=cluster_env).returncode == 0
+    # every service is keyed with a fresh random key, kept where only this user can read it
+    state = cluster.load_state()
+    assert state is not None and len(state.api_key) >= 32
+    assert stat.S_IMODE(cluster.state_path().stat().st_mode) == 0o600
+    calls = {"retriever": ("/retrieve", {"queries": ["q"]}), "simulator": ("/simulate", {"query": "q"}),
+             "judge": ("/judge", {"method": "em", "items": [{"gold": ["a"], "prediction": "a"}]}),
+             "trainer": ("/jobs", {"kind": "eval", "config": {}})}
+    for name, (path, body) in calls.items():
+        assert httpx.post(report["urls"][name] + path, json=body).status_code == 401, name
 
 
 def test_up_again_is_idempotent(cluster_env: dict[str, str]) -> None:

@@ -33,6 +33,7 @@ from services.trainer.data.masking import RampSample, ramp_messages, template_na
 from services.trainer.data.records import Segment, SFTRecord, write_records
 from shared.client import RetrieverClient
 from shared.config import cache_dir
+from shared.confine import InputFile, OutputDir, SafeName, ServiceURL
 from shared.data import load_split, split_of
 from shared.metrics import gold_answers, normalize_answer
 from shared.progress import progress_bar
@@ -43,20 +44,20 @@ log = logging.getLogger(__name__)
 
 
 class ColdStartConfig(BaseModel):
-    retriever_url: str  # a running retriever (or the simulator's /retrieve facade)
+    retriever_url: ServiceURL  # a running retriever (or the simulator's /retrieve facade)
     api_key: SecretStr | None = None  # its bearer token, if any
-    ramp_path: str | None = None  # RAMP samples JSONL (a ramp job's ramp.jsonl)
-    ramp_limit: int = Field(default=1000, ge=0)  # RAMP samples to try
-    qa: list[str] = Field(default_factory=list)  # QA sets with supporting passages (their train part)
-    qa_limit: int = Field(default=1000, ge=0)  # questions to try per QA set
+    ramp_path: InputFile | None = None  # RAMP samples JSONL (a ramp job's ramp.jsonl)
+    ramp_limit: int = Field(default=1000, ge=0, le=10_000_000)  # RAMP samples to try
+    qa: list[str] = Field(default_factory=list, max_length=32)  # QA sets with supporting passages (their train part)
+    qa_limit: int = Field(default=1000, ge=0, le=10_000_000)  # questions to try per QA set
     topk: int = Field(default=3, ge=1, le=20)  # documents per search
     mode: SearchMode | None = None  # dense | bm25 | hybrid (None: the retriever's default)
     exclude_source: bool = False  # RAMP: drop the masked passage itself from the results
-    context_words: int = Field(default=8, ge=2)  # RAMP query: words on each side of the mask
-    max_qa_searches: int = Field(default=3, ge=1)  # QA: the question + up to N-1 title searches
-    batch_size: int = Field(default=32, ge=1)  # queries per /retrieve call
-    out_dir: str | None = None  # default <cache>/coldstart/<name>
-    name: str = "default"
+    context_words: int = Field(default=8, ge=2, le=256)  # RAMP query: words on each side of the mask
+    max_qa_searches: int = Field(default=3, ge=1, le=16)  # QA: the question + up to N-1 title searches
+    batch_size: int = Field(default=32, ge=1, le=1024)  # queries per /retrieve call
+    out_dir: OutputDir | None = None  # default <cache>/coldstart/<name>
+    name: SafeName = "default"
     seed: int = 0
 
     def output_dir(self) -> Path:

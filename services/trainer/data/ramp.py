@@ -27,6 +27,7 @@ from services.trainer.data.masking import RampSample, fill_masks, samples_for_pa
 from services.trainer.data.report import write_ramp_report
 from services.trainer.data.spans import Span, get_selector
 from shared.config import LLMSettings, cache_dir, corpus_path
+from shared.confine import InputFile, OutputDir, SafeName
 from shared.data import Passage, load_passages
 from shared.progress import progress_bar
 from shared.protocol import MASK_TOKEN
@@ -37,18 +38,18 @@ Progress = Callable[[float], None]
 
 
 class RampConfig(BaseModel):
-    corpus: str | None = None  # JSONL of {id,title,text} (or {id,contents}); default: the shared corpus
-    out_dir: str | None = None  # where files go; default: <cache>/ramp/<name>
-    name: str = "default"  # dataset name (output folder under <cache>/ramp)
-    samples: int = Field(default=20_000, gt=0)  # target number of samples
+    corpus: InputFile | None = None  # JSONL of {id,title,text} (or {id,contents}); default: the shared corpus
+    out_dir: OutputDir | None = None  # where files go; default: <cache>/ramp/<name>
+    name: SafeName = "default"  # dataset name (output folder under <cache>/ramp)
+    samples: int = Field(default=20_000, gt=0, le=10_000_000)  # target number of samples
     samples_per_passage: int = Field(default=2, ge=1, le=4)  # each with a different mask count
-    max_passages: int | None = Field(default=None, gt=0)  # only the first N passages of the corpus
+    max_passages: int | None = Field(default=None, gt=0, le=100_000_000)  # only the first N passages of the corpus
     selector: Literal["heuristic", "llm"] = "heuristic"  # span candidates from rules or an LLM
     strategy: Literal["random", "ppl"] = "random"  # which candidates get masked
-    mask_counts: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])  # allowed masks per sample
+    mask_counts: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], max_length=16)  # allowed masks per sample
     answer_format: Literal["spans", "paragraph"] = "spans"  # "a ; b" or the whole passage
-    max_candidates: int = Field(default=12, ge=1)  # candidates kept per passage (bounds ppl scoring cost)
-    chunk_size: int = Field(default=64, ge=1)  # passages per selector / scorer call
+    max_candidates: int = Field(default=12, ge=1, le=256)  # candidates kept per passage (bounds ppl scoring cost)
+    chunk_size: int = Field(default=64, ge=1, le=4096)  # passages per selector / scorer call
     seed: int = 0
     llm: LLMSettings = Field(default_factory=LLMSettings)  # the llm selector's model
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)  # the ppl strategy's model

@@ -40,10 +40,16 @@ from pydantic import BaseModel, Field
 from services.trainer.learn.trajectories import Decode, episode_view, tokenizer_decoder, write_jsonl
 from services.trainer.rollout.queue import EpisodeQueue
 from shared.config import cache_dir
+from shared.confine import SafeName
 from shared.data import canonical_name, load_questions
 from shared.metrics import gold_answers
 from shared.processes import Proc, spawn
 from shared.schemas import (
+    MAX_NEW_TOKENS,
+    MAX_OBS_TOKENS,
+    MAX_TOPK,
+    MAX_TOTAL_TOKENS,
+    MAX_TURNS,
     EpisodeRequest,
     EpisodeResult,
     EpisodeRewardSpec,
@@ -63,17 +69,17 @@ class EvalConfig(BaseModel):
 
     template: str = "search_r1"  # shared.protocol template of the agent methods
     search_backend: SearchBackendName = "retriever"  # retriever | simulator
-    p_noise: float | None = None  # simulator only
-    topk: int = 3  # documents per search
-    max_new_tokens: int = 64  # per turn
-    max_turns: int = 3  # search turns before the forced final answer
-    max_total_tokens: int = 768  # response budget (policy + observation tokens)
-    obs_max_tokens: int = 256  # each observation (and the RAG context) is truncated to this
-    temperature: float = 0.0  # greedy by default: evaluation is deterministic
+    p_noise: float | None = Field(default=None, ge=0.0, le=1.0)  # simulator only
+    topk: int = Field(default=3, ge=1, le=MAX_TOPK)  # documents per search
+    max_new_tokens: int = Field(default=64, ge=1, le=MAX_NEW_TOKENS)  # per turn
+    max_turns: int = Field(default=3, ge=1, le=MAX_TURNS)  # search turns before the forced final answer
+    max_total_tokens: int = Field(default=768, ge=16, le=MAX_TOTAL_TOKENS)  # response budget (policy + observation)
+    obs_max_tokens: int = Field(default=256, ge=8, le=MAX_OBS_TOKENS)  # each observation (and RAG context) cut to it
+    temperature: float = Field(default=0.0, ge=0.0, le=10.0)  # greedy by default: evaluation is deterministic
     seed: int = 0
-    timeout_s: float = 4 * 3600  # for the whole run
+    timeout_s: float = Field(default=4 * 3600, gt=0, le=7 * 24 * 3600)  # for the whole run
     metric: str = "f1"  # reward metric (scores are all reported anyway); "llm" asks the judge
-    stamp: str = Field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))
+    stamp: SafeName = Field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))  # in job ids and folders
 
 
 def parse_method(method: str) -> tuple[str, str | None]:

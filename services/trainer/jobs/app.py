@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from services.trainer.jobs.overview import ClusterProbe
 from shared.schemas import JobCreated, JobList, JobStatus, JobSubmit
 from shared.service import ServiceError, create_app, state_dependency
 
+STREAM_ID = re.compile(r"\d{1,19}(-\d{1,19})?")  # a Redis stream entry id, as the events' ``id:`` lines carry
 ManagerDep = Annotated[JobManager, Depends(state_dependency("jobs", "the trainer is still starting"))]
 router = APIRouter(tags=["jobs"])
 
@@ -68,6 +70,8 @@ async def job_events(job_id: str, jobs: ManagerDep,
     """Server-sent events: ``event: state|step|log``, ``id:`` (resume with Last-Event-ID), JSON data;
     the stream ends after the job's final state event."""
     await asyncio.to_thread(jobs.get, job_id)  # an unknown job is a 404 before the stream starts
+    if last_event_id is not None and not STREAM_ID.fullmatch(last_event_id):
+        raise ServiceError(400, "bad_request", "Last-Event-ID: an event id this stream sent ('1733-0'), or 0")
 
     async def stream() -> AsyncIterator[str]:
         async for event in jobs.events(job_id, last_event_id or "0"):
@@ -105,4 +109,27 @@ def build_app(settings: TrainerSettings | None = None) -> FastAPI:
                      open_paths=dashboard.OPEN_PATHS, open_prefixes=dashboard.OPEN_PREFIXES)
     app.include_router(router)
     dashboard.mount(app)
+    _document_job_configs(app)
     return app
+
+
+def _document_job_configs(app: FastAPI) -> None:
+    """``POST /jobs`` takes ``{"kind", "config"}``; each kind's config schema (with every bound) goes into the
+    OpenAPI document as ``<kind>JobConfig``, so clients and fuzzers see what a config may hold."""
+    from fastapi.openapi.utils import get_openapi
+
+    from services.trainer.jobs.kinds import JOB_KINDS
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for kind, spec in JOB_KINDS.items():
+            config = spec.config.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(config.pop("$defs", {}))
+            components[f"{kind}JobConfig"] = config
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

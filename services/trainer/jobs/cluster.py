@@ -47,7 +47,7 @@ def run_on_ray(ctx: JobContext, run_dir: Path, prepare_only: bool, total_steps: 
         sid = f"searchlab-{ctx.job_id}"
         # on the record before Ray has it: a trainer that dies right after submitting still re-attaches
         ctx.set_cluster({"address": address, "submission_id": sid, "status": "PENDING"})
-        key = ctx.settings.api_key.get_secret_value() if ctx.settings.api_key else ""
+        key = ctx.settings.service_key() or ""  # what the run's agent loop and reward send to the services
         env = {"SEARCHLAB_REDIS_URL": ctx.settings.redis_url, **({"SEARCHLAB_API_KEY": key} if key else {})}
         jobs.submit(str(run_dir), python=ctx.settings.ray_python, env=env, submission_id=sid,
                     prepare_only=prepare_only, wait_services_s=ctx.settings.ray_wait_services_s,

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from services.trainer.data.coldstart import ColdStartConfig
 from services.trainer.eval.harness import EvalConfig, parse_method
 from services.trainer.learn.rl import RLConfig
 from services.trainer.learn.simulator_sft import FinetuneConfig
+from shared.confine import ModelRef, ServiceURL, check_model_ref, check_remote_model, readable_source
 from shared.data import DATASETS, canonical_name
-from shared.models import check_model_name
 
 
 class RLJobConfig(RLConfig):
@@ -30,6 +30,7 @@ class RLJobConfig(RLConfig):
     trainer's Ray cluster (``TRAINER_RAY_ADDRESS``) and followed there (:mod:`services.trainer.jobs.cluster`)."""
 
     engine: Literal["local", "verl"] = "local"
+    model: str = "smollm2"  # local: a ModelRef (embedded name or folder); verl: also a hub id the cluster loads
     verl: dict[str, Any] = Field(default_factory=dict)  # engine "verl": VerlConfig fields (checked at submission)
     # engine "verl": "auto" launches on the trainer's Ray cluster when it has one (TRAINER_RAY_ADDRESS), "ray"
     # requires one, "none" only prepares and validates the run
@@ -38,7 +39,7 @@ class RLJobConfig(RLConfig):
     prepare_only: bool = False
 
     @model_validator(mode="after")
-    def _verl_fields(self) -> RLJobConfig:
+    def _verl_fields(self, info: ValidationInfo) -> RLJobConfig:
         if self.verl and self.engine != "verl":
             raise ValueError("'verl' settings need engine 'verl'")
         if (self.launch != "auto" or self.prepare_only) and self.engine != "verl":
@@ -46,29 +47,52 @@ class RLJobConfig(RLConfig):
         if self.engine == "verl":
             from services.trainer.verl.config import VerlConfig
 
-            VerlConfig.model_validate({"model_path": self.model, **self.verl})  # a bad field is a 422 here
+            check_remote_model(self.model, info)
+            # a bad field is a 422 here, with the same confinement as the job's own fields
+            VerlConfig.model_validate({"model_path": self.model, **self.verl}, context=info.context)
+        else:
+            check_model_ref(self.model, info)
         return self
 
 
 class ColdStartJobConfig(ColdStartConfig):
-    retriever_url: str | None = None  # type: ignore[assignment]  # None: the trainer's TRAINER_RETRIEVER_URL
+    """A ``coldstart`` job: the retriever's bearer token is the trainer's (``TRAINER_SERVICE_API_KEY``), read
+    when the job runs; a config never carries a secret (it is stored and shown in ``GET /jobs``)."""
+
+    retriever_url: ServiceURL | None = None  # type: ignore[assignment]  # None: the trainer's TRAINER_RETRIEVER_URL
+    api_key: SecretStr | None = Field(default=None, exclude=True)  # refused: see _no_secret
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_secret(cls, v: Any) -> None:
+        if v is not None:
+            raise ValueError("a job config carries no secret: the trainer sends its own key "
+                             "(TRAINER_SERVICE_API_KEY) to the services")
+        return None
 
 
 class EvalJobConfig(BaseModel):
     """An ``eval`` job: methods side by side on QA data (names -> their eval part; paths -> whole file)."""
 
-    datasets: list[str] = Field(default_factory=lambda: ["hotpotqa"], min_length=1)
-    methods: list[str] = Field(default_factory=lambda: ["direct", "rag", "agent"], min_length=1)
-    n: int | None = Field(default=200, ge=1)  # first n questions of each dataset (None: all)
-    model: str = "smollm2"  # the model direct / rag / agent run with (every episode names it; workers load it)
+    datasets: list[str] = Field(default_factory=lambda: ["hotpotqa"], min_length=1, max_length=32)
+    methods: list[str] = Field(default_factory=lambda: ["direct", "rag", "agent"], min_length=1, max_length=32)
+    n: int | None = Field(default=200, ge=1, le=1_000_000)  # first n questions of each dataset (None: all)
+    model: ModelRef = "smollm2"  # the model direct / rag / agent run with (every episode names it; workers load it)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @field_validator("methods")
     @classmethod
-    def _known_methods(cls, v: list[str]) -> list[str]:
+    def _known_methods(cls, v: list[str], info: ValidationInfo) -> list[str]:
         for m in v:
-            parse_method(m)
+            _, folder = parse_method(m)
+            if folder is not None:
+                check_model_ref(folder, info)  # policy:<checkpoint>: a model folder this trainer may read
         return v
+
+    @field_validator("datasets")
+    @classmethod
+    def _readable_datasets(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return [readable_source(d, info) for d in v]  # a name, or a QA file this trainer may read
 
 
 class SimulatorSFTJobConfig(BaseModel):
@@ -77,17 +101,17 @@ class SimulatorSFTJobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422, not a silent default
 
     dataset: str = "hotpotqa"  # QA set whose *train* part gives the questions
-    limit: int = Field(default=100, ge=1)  # questions
+    limit: int = Field(default=100, ge=1, le=1_000_000)  # questions
     k: int = Field(default=5, ge=1, le=20)  # documents per set
-    sets_per_query: int = Field(default=2, ge=1)  # document sets per question: ranks 1..k, k+1..2k, ...
-    words: int = Field(default=30, ge=4)  # words per document (passages are cut to it; the prompt names it)
-    base_model: str = "smollm2"  # embedded name or a model folder to fine-tune
+    sets_per_query: int = Field(default=2, ge=1, le=16)  # document sets per question: ranks 1..k, k+1..2k, ...
+    words: int = Field(default=30, ge=4, le=2000)  # words per document (passages are cut to it; the prompt names it)
+    base_model: ModelRef = "smollm2"  # embedded name or a model folder to fine-tune
     label: Literal["judge", "metric"] | None = None  # useful/noisy by; None: judge if TRAINER_JUDGE_URL, else metric
-    retriever_url: str | None = None  # None: the trainer's TRAINER_RETRIEVER_URL
-    epochs: int = Field(default=1, ge=1)  # passes over the examples
+    retriever_url: ServiceURL | None = None  # None: the trainer's TRAINER_RETRIEVER_URL
+    epochs: int = Field(default=1, ge=1, le=1000)  # passes over the examples
     lr: float = Field(default=5e-5, gt=0.0, le=1.0)  # AdamW peak learning rate
-    batch_size: int = Field(default=4, ge=1)  # examples per optimizer step
-    max_len: int = Field(default=768, ge=64)  # prompt + target tokens
+    batch_size: int = Field(default=4, ge=1, le=1024)  # examples per optimizer step
+    max_len: int = Field(default=768, ge=64, le=32_768)  # prompt + target tokens
     bf16: bool = True  # bf16 autocast on CPU
     seed: int = 0
 
@@ -98,11 +122,6 @@ class SimulatorSFTJobConfig(BaseModel):
             return canonical_name(v)
         except ValueError:
             raise ValueError(f"unknown dataset '{v}'; valid: {', '.join(DATASETS)}") from None
-
-    @field_validator("base_model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        return check_model_name(v)
 
     def finetune_config(self) -> FinetuneConfig:
         return FinetuneConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, max_len=self.max_len,

@@ -79,6 +79,7 @@ class JobManager:
         self._stopping = threading.Event()  # shutdown: jobs stopped now end "interrupted", not "cancelled"
         self._futures: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
+        self.confinement = settings.confinement()  # what a submitted config may read, write and call
 
     # -- keys ----------------------------------------------------------------------------
     def _key(self, job_id: str) -> str:
@@ -146,7 +147,7 @@ class JobManager:
             raise JobError(422, "unsupported_kind", f"kind: '{request.kind}' is not available on this trainer; "
                                                     f"valid: {', '.join(sorted(self.kinds))}")
         try:
-            return spec.config.model_validate(request.config)
+            return spec.config.model_validate(request.config, context=self.confinement)
         except ValidationError as exc:
             raise JobError(422, "invalid_config", describe_validation(exc)) from None
 

@@ -32,13 +32,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.trainer.data.records import SFTRecord, validate_record, write_records
 from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSource, load_prompts
 from services.trainer.learn.trajectories import Decode, segments, tokenizer_decoder
 from services.trainer.rollout.queue import EpisodeQueue
-from shared.models import check_model_name
+from shared.confine import ModelRef
 from shared.protocol import get_template, last_action
 from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 
@@ -52,20 +52,15 @@ class DistillConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422, not a silent default
 
-    teacher: str = "smollm2"  # the model that writes the trajectories: embedded name or a checkpoint folder
+    teacher: ModelRef = "smollm2"  # the model that writes the trajectories: embedded name or a checkpoint folder
     prompts: PromptSource = Field(default_factory=PromptSource)  # QA train part or RAMP samples
-    n: int = Field(default=100, ge=1)  # prompts: the first n of the source
-    samples_per_prompt: int = Field(default=1, ge=1)  # trajectories per prompt
+    n: int = Field(default=100, ge=1, le=1_000_000)  # prompts: the first n of the source
+    samples_per_prompt: int = Field(default=1, ge=1, le=64)  # trajectories per prompt
     temperature: float = Field(default=0.7, ge=0.0)  # the teacher's sampling temperature (0: greedy)
     episode: EpisodeSpec = Field(default_factory=EpisodeSpec)  # turns, token budgets, top-k, max_new_tokens
     keep: KeepRule = "cover_em"  # the filter: judge score, or a rule metric of the answer
     min_score: float | None = Field(default=None, ge=0.0, le=1.0)  # None: 0.5 for judge, 1.0 for a rule metric
     timeout_s: float = Field(default=4 * 3600, gt=0)  # every episode's result must arrive by then
-
-    @field_validator("teacher")
-    @classmethod
-    def _known_teacher(cls, v: str) -> str:
-        return check_model_name(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -87,8 +82,6 @@ class DistillConfig(BaseModel):
         self.episode = self.episode.model_copy(update={"sampling": sampling})
         if self.prompts.kind == "ramp" and not self.prompts.path:
             raise ValueError("prompts.path: a RAMP prompt source needs the samples file (a ramp job's output)")
-        if self.prompts.path and not Path(self.prompts.path).is_file():
-            raise ValueError(f"prompts.path: no such file: {self.prompts.path}")
         return self
 
     @property

@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from services.trainer.learn.rl_curriculum import CurriculumPoint
-from shared.schemas import EpisodeRewardSpec, EpisodeSampling
+from shared.confine import InputFile
+from shared.schemas import MAX_OBS_TOKENS, MAX_TOTAL_TOKENS, MAX_TURNS, EpisodeRewardSpec, EpisodeSampling
 
 
 class PromptSource(BaseModel):
@@ -21,8 +22,8 @@ class PromptSource(BaseModel):
     kind: Literal["qa", "ramp"] = "qa"  # QA questions | RAMP samples (mask-filling, curriculum by mask count)
     dataset: str = "hotpotqa"  # qa: a shared dataset name; always its train part
     part: Literal["train"] = "train"  # the eval part is never trained on
-    path: str | None = None  # ramp: the samples JSONL (a ramp job's output); qa: an extra JSONL of QA rows
-    limit: int | None = Field(default=None, ge=1)  # use only the first N prompts
+    path: InputFile | None = None  # ramp: the samples JSONL (a ramp job's output); qa: an extra JSONL of QA rows
+    limit: int | None = Field(default=None, ge=1, le=10_000_000)  # use only the first N prompts
 
     @field_validator("part", mode="before")
     @classmethod
@@ -47,9 +48,9 @@ class EpisodeSpec(BaseModel):
     """How each rollout runs (copied into every EpisodeRequest)."""
 
     template: str = "search_r1"
-    max_turns: int = Field(default=2, ge=1)
-    max_total_tokens: int = Field(default=384, ge=16)
-    obs_max_tokens: int = Field(default=160, ge=8)
+    max_turns: int = Field(default=2, ge=1, le=MAX_TURNS)
+    max_total_tokens: int = Field(default=384, ge=16, le=MAX_TOTAL_TOKENS)
+    obs_max_tokens: int = Field(default=160, ge=8, le=MAX_OBS_TOKENS)
     topk: int = Field(default=3, ge=1, le=50)
     sampling: EpisodeSampling = Field(default_factory=lambda: EpisodeSampling(max_new_tokens=64, temperature=1.0))
     reward: EpisodeRewardSpec = Field(default_factory=lambda: EpisodeRewardSpec(kind="hybrid", metric="f1",

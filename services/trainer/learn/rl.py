@@ -52,6 +52,7 @@ from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSampler, P
 from services.trainer.learn.rl_curriculum import Curriculum, CurriculumPoint, CurriculumSpec
 from services.trainer.learn.trajectories import sample_name, step_samples, write_jsonl
 from shared.config import Device, resolve_device
+from shared.confine import ModelRef
 from shared.models import resolve
 from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 
@@ -64,21 +65,21 @@ log = logging.getLogger(__name__)
 class RLConfig(BaseModel):
     """An ``rl`` job."""
 
-    model: str = "smollm2"  # start policy: embedded name or a checkpoint folder (e.g. an SFT job's)
+    model: ModelRef = "smollm2"  # start policy: embedded name or a checkpoint folder (e.g. an SFT job's)
     prompts: PromptSource = Field(default_factory=PromptSource)
-    steps: int = Field(default=4, ge=1)
-    batch_size: int = Field(default=4, ge=1)  # prompts (groups) per step
-    group_size: int = Field(default=4, ge=2)  # samples per prompt (GRPO n)
+    steps: int = Field(default=4, ge=1, le=100_000)
+    batch_size: int = Field(default=4, ge=1, le=4096)  # prompts (groups) per step
+    group_size: int = Field(default=4, ge=2, le=64)  # samples per prompt (GRPO n)
     algo: AlgoSpec = Field(default_factory=AlgoSpec)
     optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=5e-6))
-    micro_batch_size: int = Field(default=4, ge=1)  # episodes per forward/backward
-    train_layers: int | None = Field(default=None, ge=1)  # train only the top N blocks (None: every weight)
+    micro_batch_size: int = Field(default=4, ge=1, le=256)  # episodes per forward/backward
+    train_layers: int | None = Field(default=None, ge=1, le=1024)  # train only the top N blocks (None: every weight)
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # bf16 autocast for forward/backward (fp32 weights)
     device: Device = "auto"  # the policy, its reference and optimizer state: CUDA when visible (auto), else CPU
     episode: EpisodeSpec = Field(default_factory=EpisodeSpec)
     curriculum: CurriculumSpec = Field(default_factory=CurriculumSpec)
-    max_refill_rounds: int = Field(default=2, ge=0)  # DAPO dynamic sampling: extra enqueue rounds per step
-    max_staleness: int = Field(default=0, ge=0)  # accept results this many versions old
+    max_refill_rounds: int = Field(default=2, ge=0, le=16)  # DAPO dynamic sampling: extra enqueue rounds per step
+    max_staleness: int = Field(default=0, ge=0, le=8)  # accept results this many versions old
     # The importance ratio's denominator. "trainer": the trainer's own log-probs of the sampled tokens
     # before this step's update (verl's recomputed old_log_prob; with one optimizer step per batch it is
     # the current forward, detached), immune to rollout/trainer numeric mismatch (bf16 workers, another
@@ -86,7 +87,7 @@ class RLConfig(BaseModel):
     # unless stale results are accepted.
     old_logprobs: Literal["auto", "trainer", "rollout"] = "auto"
     step_timeout_s: float = Field(default=900.0, gt=0)  # a step's episodes must all arrive by then
-    keep_versions: int = Field(default=2, ge=1)  # policy checkpoints kept on disk
+    keep_versions: int = Field(default=2, ge=1, le=64)  # policy checkpoints kept on disk
     trajectory_samples: int = Field(default=8, ge=0, le=64)  # episodes kept per step (trajectories/step_NNNN.jsonl)
     seed: int = 0
 

@@ -32,7 +32,7 @@ class NoiseSpec(BaseModel):
 class CurriculumSpec(BaseModel):
     """Which curricula an RL job runs."""
 
-    mask_stages: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])  # RAMP mask counts, in order
+    mask_stages: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], max_length=16)  # RAMP mask counts, in order
     stage_steps: list[int] | None = None  # steps per stage (None: an equal share of the total each)
     search_backend: BackendChoice = "retriever"  # where searches go
     real_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # "mix": share of episodes on the retriever

@@ -34,6 +34,7 @@ from services.trainer.learn.policy import (
     train_supervised,
 )
 from shared.config import Device, resolve_device
+from shared.confine import InputFile, ModelRef, SafeName
 
 log = logging.getLogger(__name__)
 
@@ -41,34 +42,26 @@ log = logging.getLogger(__name__)
 class SFTConfig(BaseModel):
     """A ``sft`` job."""
 
-    data: list[str] = Field(min_length=1)  # JSONL files of SFT records (see module docstring)
-    model: str = "smollm2"  # embedded name or a checkpoint folder to start from
+    data: list[InputFile] = Field(min_length=1, max_length=256)  # JSONL files of SFT records (see module docstring)
+    model: ModelRef = "smollm2"  # embedded name or a checkpoint folder to start from
     epochs: float = Field(default=1.0, gt=0.0)  # passes over the data (fractional: a prefix of the last)
-    max_steps: int | None = Field(default=None, ge=1)  # optimizer steps cap (None: from epochs)
-    micro_batch_size: int = Field(default=4, ge=1)  # sequences per forward/backward
-    grad_accum: int = Field(default=4, ge=1)  # micro-batches per optimizer step
-    max_length: int = Field(default=1024, ge=16)  # tokens per record
-    train_layers: int | None = Field(default=None, ge=1)  # train only the top N blocks (None: every weight)
+    max_steps: int | None = Field(default=None, ge=1, le=1_000_000)  # optimizer steps cap (None: from epochs)
+    micro_batch_size: int = Field(default=4, ge=1, le=256)  # sequences per forward/backward
+    grad_accum: int = Field(default=4, ge=1, le=1024)  # micro-batches per optimizer step
+    max_length: int = Field(default=1024, ge=16, le=32_768)  # tokens per record
+    train_layers: int | None = Field(default=None, ge=1, le=1024)  # train only the top N blocks (None: every weight)
     drop_longer: bool = True  # drop longer records (True) or truncate them (False: loses their final answer)
-    limit: int | None = Field(default=None, ge=1)  # use only the first N records of all files
+    limit: int | None = Field(default=None, ge=1, le=10_000_000)  # use only the first N records of all files
     optim: OptimSpec = Field(default_factory=OptimSpec)
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # bf16 autocast for forward/backward (fp32 weights)
     device: Device = "auto"  # model, optimizer state and batches: CUDA when a GPU is visible (auto), else CPU
     seed: int = 0
-    checkpoint_name: str = "checkpoint"  # folder under the job dir
+    checkpoint_name: SafeName = "checkpoint"  # folder under the job dir
 
     @field_validator("device")
     @classmethod
     def _device_exists(cls, v: Device) -> Device:
         resolve_device(v)  # "cuda" on a machine without a GPU is refused at submission
-        return v
-
-    @field_validator("data")
-    @classmethod
-    def _files_exist(cls, v: list[str]) -> list[str]:
-        missing = [p for p in v if not Path(p).is_file()]
-        if missing:
-            raise ValueError(f"no such file: {', '.join(missing)}")
         return v
 
 
@@ -83,11 +76,25 @@ def sft_tokenizer() -> Callable[[dict[str, Any], Any], Tokenized]:
 
 
 def load_records(paths: Sequence[str], limit: int | None = None) -> list[dict[str, Any]]:
+    """The SFT records of JSONL files; a line that is not a JSON object is a ``ValueError`` naming its file
+    and line (a job then fails with that message, not a bare ``JSONDecodeError``)."""
     records: list[dict[str, Any]] = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            records.extend(json.loads(line) for line in f if line.strip())
-    return records[:limit] if limit is not None else records
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{number}: not a JSON line ({exc.msg}); SFT data is JSONL, one "
+                                     "record per line") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}:{number}: an SFT record is a JSON object, got {type(record).__name__}")
+                records.append(record)
+                if limit is not None and len(records) >= limit:
+                    return records
+    return records
 
 
 def truncate(ids: list[int], mask: list[int], max_length: int) -> Tokenized:
@@ -105,11 +112,12 @@ def train_sft(config: SFTConfig, out_dir: Path,
 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
+    records = load_records(config.data, config.limit)  # a bad file fails now, before a model is loaded
     model, tokenizer = load_policy(config.model, train_layers=config.train_layers, device=config.device)
     tokenize = sft_tokenizer()
     examples: list[Tokenized] = []
     dropped = 0
-    for record in load_records(config.data, config.limit):
+    for record in records:
         ids, mask = tokenize(record, tokenizer)
         if len(ids) > config.max_length and config.drop_longer:
             dropped += 1

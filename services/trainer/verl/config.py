@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from services.trainer.verl.loop_config import Dispatch
 from services.trainer.verl.recipes import Algorithm
+from shared.confine import InputFile, OutputDir, ServiceURL, confinement_of
+
+PATH_WORDS = ("path", "dir", "file", "root")
 
 
 class VerlConfig(BaseModel):
@@ -18,9 +21,9 @@ class VerlConfig(BaseModel):
     recipe: str = "search_r1"  # recipes.RECIPES
     dispatch: Dispatch = "queue"  # queue: episodes on the Redis stream, run by searchlab workers; inline
     model_path: str  # HF model folder or hub name reachable by the cluster (and by the workers: tokenizer)
-    retriever_url: str | None = None  # the retriever (search_r1, research, masksearch; zerosearch's real share)
-    simulator_url: str | None = None  # the ZeroSearch simulator (zerosearch)
-    judge_url: str | None = None  # the judge service (metric "llm": masksearch)
+    retriever_url: ServiceURL | None = None  # the retriever (search_r1, research, masksearch; zerosearch's real share)
+    simulator_url: ServiceURL | None = None  # the ZeroSearch simulator (zerosearch)
+    judge_url: ServiceURL | None = None  # the judge service (metric "llm": masksearch)
     algorithm: Algorithm | None = None  # grpo | dapo | reinforce
     group_size: int | None = Field(default=None, ge=1)  # samples per prompt (GRPO n)
     lr: float | None = Field(default=None, gt=0)
@@ -48,9 +51,23 @@ class VerlConfig(BaseModel):
     gpu_memory_utilization: float = Field(default=0.6, gt=0, le=1)
     agent_workers: int = Field(default=8, ge=1)  # verl agent-loop processes
     overlong_buffer: int = Field(default=512, ge=1)  # DAPO: soft overlong window (tokens)
-    ramp_samples: str | None = None  # masksearch: the RAMP samples JSONL (a ramp job's output)
+    ramp_samples: InputFile | None = None  # masksearch: the RAMP samples JSONL (a ramp job's output)
     episode_timeout_s: float = Field(default=1800.0, gt=0)
     project: str = "searchlab"
     experiment: str = "search-agent"
-    checkpoint_dir: str | None = None  # None: <out>/checkpoints
-    extra_overrides: list[str] = Field(default_factory=list)  # more hydra overrides, appended last
+    checkpoint_dir: OutputDir | None = None  # None: <out>/checkpoints
+    extra_overrides: list[str] = Field(default_factory=list, max_length=64)  # more hydra overrides, appended last
+
+    @field_validator("extra_overrides")
+    @classmethod
+    def _plain_overrides(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        """Through a service (a confinement in the context) an override may not name a path or read the
+        environment (``${oc.env:...}``): those are what the confined fields are for."""
+        for item in v:
+            if len(item) > 1000:
+                raise ValueError("an override is at most 1,000 characters")
+            key = item.split("=", 1)[0].lower()
+            if confinement_of(info) is not None and ("${" in item or any(w in key for w in PATH_WORDS)):
+                raise ValueError(f"'{item}': through the jobs API an override may not set a path or "
+                                 "interpolate (use the config's own fields)")
+        return v

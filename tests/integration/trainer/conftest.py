@@ -5,6 +5,7 @@ corpus (``small_retriever``) comes from the root conftest, shared with the simul
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,10 +20,13 @@ WorkerFactory = Callable[..., Proc]
 
 
 @pytest.fixture()
-def job_client(private_redis: Proc, small_retriever: Proc, logs_dir: Path, tmp_path: Path) -> Iterator[TrainerClient]:
-    """A client of a real trainer (its own Redis, the shared retriever, jobs under ``tmp_path``)."""
+def job_client(private_redis: Proc, small_retriever: Proc, logs_dir: Path, tmp_path: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerClient]:
+    """A client of a real trainer (its own Redis, the shared retriever, jobs under ``tmp_path``; the tests' temp
+    folders are where its users keep data)."""
     key = "job-test-key"
     env = {"TRAINER_API_KEY": key, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path),
+           "TRAINER_READ_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())]),
            "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1"}
     proc = start_service("trainer", env, log_dir=logs_dir)
     yield TrainerClient(proc.url, key, timeout_s=30)

@@ -31,7 +31,8 @@ MODULE_PREFIX = {
     "services.trainer": "TRAINER",
     "services.trainer.rollout.worker": "WORKER",
 }
-URL = re.compile(r"^(?:https?|redis)://(?P<host>[A-Za-z0-9_.-]+):(?P<port>\d+)(?:/|$)")
+SECRETS = ("SEARCHLAB_API_KEY", "SEARCHLAB_REDIS_PASSWORD")
+URL = re.compile(r"^(?:https?|redis)://(?:[^@/]*@)?(?P<host>[A-Za-z0-9_.-]+):(?P<port>\d+)(?:/|$)")
 
 
 # ---- Compose variable interpolation (compose-spec "Interpolation") ----------------------------
@@ -89,7 +90,8 @@ def interpolate_tree(node: Any, env: dict[str, str]) -> Any:
 @pytest.fixture(scope="module")
 def example_env() -> dict[str, str]:
     env = read_env_file(ENV_EXAMPLE)
-    assert env["SEARCHLAB_API_KEY"], "the example must show the required secret"
+    for secret in SECRETS:
+        assert env[secret], f"the example must show the required secret {secret}"
     return env
 
 
@@ -208,17 +210,18 @@ def test_interpolation_follows_compose_rules() -> None:
         interpolate("${NOT VALID}", env)
 
 
+@pytest.mark.parametrize("secret", SECRETS)
 @pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
-def test_the_api_key_is_required(example_env: dict[str, str], value: str | None) -> None:
-    env = {k: v for k, v in example_env.items() if k != "SEARCHLAB_API_KEY"}
+def test_each_secret_is_required(example_env: dict[str, str], secret: str, value: str | None) -> None:
+    env = {k: v for k, v in example_env.items() if k != secret}
     if value is not None:
-        env["SEARCHLAB_API_KEY"] = value
-    with pytest.raises(InterpolationError, match="SEARCHLAB_API_KEY"):
+        env[secret] = value
+    with pytest.raises(InterpolationError, match=secret):
         interpolate_tree(yaml.safe_load(COMPOSE.read_text()), env)
 
 
-def test_defaults_need_nothing_but_the_secret() -> None:
-    model = interpolate_tree(yaml.safe_load(COMPOSE.read_text()), {"SEARCHLAB_API_KEY": "k"})
+def test_defaults_need_nothing_but_the_secrets() -> None:
+    model = interpolate_tree(yaml.safe_load(COMPOSE.read_text()), dict.fromkeys(SECRETS, "k"))
     assert model["services"]["worker"]["deploy"]["replicas"] == "2"
     assert model["services"]["sglang-judge"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "4"
 
@@ -331,6 +334,20 @@ def test_workers_are_replicated(model: dict[str, Any]) -> None:
     for name in ("worker", "worker-cpu"):
         assert int(model["services"][name]["deploy"]["replicas"]) >= 2
         assert "ports" not in model["services"][name], "replicas cannot share a published port"
+
+
+def test_redis_needs_its_password_and_every_client_sends_it(model: dict[str, Any], example_env: dict[str, str]) -> None:
+    redis = model["services"]["redis"]
+    password = example_env["SEARCHLAB_REDIS_PASSWORD"]
+    assert redis["command"][redis["command"].index("--requirepass") + 1] == password
+    assert redis["environment"]["REDISCLI_AUTH"] == password  # its healthcheck's redis-cli
+    clients = 0
+    for name, svc in model["services"].items():
+        url = service_env(svc).get("SEARCHLAB_REDIS_URL")
+        if url is not None:
+            assert url == f"redis://:{password}@redis:6379/0", name
+            clients += 1
+    assert clients >= 8  # retriever, judge, simulator, trainer, workers, in both profiles
 
 
 def test_redis_persists_append_only_on_a_volume(model: dict[str, Any]) -> None:

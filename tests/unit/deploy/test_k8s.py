@@ -322,8 +322,30 @@ def test_redis_is_a_persistent_statefulset(rendered: dict[str, list[Manifest]], 
     assert container["args"][container["args"].index("--appendonly") + 1] == "yes"
     (claim,) = redis["spec"]["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
-    assert config(docs)["SEARCHLAB_REDIS_URL"] == "redis://redis:6379/0"
     assert by_kind(docs, "Service")["redis"]["spec"]["ports"][0]["port"] == 6379
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_needs_its_password_and_admits_only_the_projects_pods(rendered: dict[str, list[Manifest]],
+                                                                    overlay: str) -> None:
+    import base64
+
+    docs = rendered[overlay]
+    (container,) = containers(by_kind(docs, "StatefulSet")["redis"])
+    assert container["args"][container["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert {refs["REDIS_PASSWORD"]["key"], refs["REDISCLI_AUTH"]["key"]} <= set(data)
+    password = data["REDIS_PASSWORD"]
+    assert data["SEARCHLAB_REDIS_URL"] == f"redis://:{password}@redis:6379/0" and data["REDISCLI_AUTH"] == password
+    assert "SEARCHLAB_REDIS_URL" not in config(docs)  # the URL with its password is in the Secret only
+    policies = by_kind(docs, "NetworkPolicy")
+    every_pod = policies["searchlab-pods-only"]["spec"]
+    assert every_pod["podSelector"] == {} and every_pod["ingress"] == [{"from": [{"podSelector": {}}]}]
+    for policy in policies.values():  # nothing admits the world: every rule names its peers
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("from"), policy["metadata"]["name"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -23,8 +23,10 @@ SETTINGS = {
     "TRAINER": "services.trainer.config:TrainerSettings",
     "WORKER": "services.trainer.rollout.settings:WorkerSettings",
 }
-# read by the libraries, not by our settings (SGLang 0.5.6: srt/layers/sampler.py reads the last one)
-LIBRARY_VARS = {"HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "SGLANG_RETURN_ORIGINAL_LOGPROB"}
+# read by libraries (SGLang 0.5.6: srt/layers/sampler.py reads the last one) and by the redis pod (its
+# requirepass, redis-cli's password), not by a searchlab service
+LIBRARY_VARS = {"HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "SGLANG_RETURN_ORIGINAL_LOGPROB",
+                "REDIS_PASSWORD", "REDISCLI_AUTH"}
 BASE_ENV = REPO / "k8s" / "base" / "searchlab.env"
 LLM_ENV = {overlay: REPO / "k8s" / "overlays" / overlay / "llm.env" for overlay in ("cpu", "gpu")}
 

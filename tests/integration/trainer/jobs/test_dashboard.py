@@ -9,6 +9,7 @@ Screenshots go to the test's temp dir and to /tmp/searchlab-dashboard-shots/ (``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -44,7 +45,7 @@ def chromium_or_skip() -> str:
 @pytest.fixture()
 def trainer(private_redis: Proc, small_retriever: Proc, logs_dir: Path, tmp_path: Path) -> Iterator[Proc]:
     """A trainer whose judge URL points at a closed port: the cluster view must show it down."""
-    env = {"TRAINER_API_KEY": KEY, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path / "jobs"),
+    env = {"TRAINER_API_KEY": KEY, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path / "jobs"), "TRAINER_READ_ROOTS": json.dumps([str(tmp_path)]),
            "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_JUDGE_URL": f"http://127.0.0.1:{free_port()}",
            "TRAINER_TORCH_THREADS": "1"}
     proc = start_service("trainer", env, log_dir=logs_dir)

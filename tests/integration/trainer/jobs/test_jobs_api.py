@@ -46,7 +46,8 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trainer_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("jobs")
     return {"TRAINER_API_KEY": API_KEY, "TRAINER_REDIS_URL": redis_url, "TRAINER_OUTPUT_DIR": str(out),
-            "TRAINER_KEY_PREFIX": f"test-jobs-{free_port()}"}
+            "TRAINER_KEY_PREFIX": f"test-jobs-{free_port()}",
+            "TRAINER_READ_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())])}
 
 
 @pytest.fixture(scope="module")
