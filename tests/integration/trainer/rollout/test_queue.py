@@ -97,6 +97,48 @@ def test_an_episode_whose_workers_keep_dying_is_dead_lettered(private_redis: Pro
     assert res.finish_reason == "error" and "delivered 2 times" in (res.error or "")
 
 
+def test_a_lost_consumer_group_is_recreated_instead_of_raising(private_redis: Proc) -> None:
+    """Issue 18: Redis restarted without its data -> NOGROUP on every read, which killed the worker."""
+    q = EpisodeQueue(private_redis.url)
+    q.redis.flushall()  # the queue's data (and its consumer group) is gone
+    assert q.claim("w", 2, block_ms=100) == []  # re-creates the group rather than raising NOGROUP
+    q.enqueue([req("job-nogroup", 0)])
+    [d] = q.claim("w", 2, block_ms=100)
+    assert q.complete(d, result_of(d.request))
+    assert [r.episode_id for r in q.all_results("job-nogroup")] == ["ep0"]
+
+
+def test_a_hung_episode_is_reclaimed_after_its_deadline_despite_the_heartbeat(private_redis: Proc) -> None:
+    """Issue 18: a worker hung mid-episode kept beating, so its episode was never reclaimed."""
+    q = EpisodeQueue(private_redis.url, visibility_timeout_s=0.4, episode_deadline_s=1.0)
+    q.enqueue([req("job-hung", 0)])
+    [d] = q.claim("hung", 1, block_ms=100)
+    other = EpisodeQueue(private_redis.url, visibility_timeout_s=0.4)
+    taken = []
+    for _ in range(25):  # the hung worker's heartbeat thread beats on, every 0.1 s
+        q.heartbeat("hung", [d])
+        taken = other.claim("live", 1, block_ms=0)
+        if taken:
+            break
+        time.sleep(0.1)
+    assert [t.request.episode_id for t in taken] == ["ep0"]  # reclaimed although "hung" still beats
+    assert taken[0].reclaimed and taken[0].attempt == 2
+    assert q.heartbeat("hung", [d]) == [d]  # past its deadline: reported, not refreshed
+    assert other.complete(taken[0], result_of(d.request, "live"))
+    assert not q.complete(d, result_of(d.request, "hung"))  # the hung worker's late result is dropped
+    assert [r.worker for r in q.all_results("job-hung")] == ["live"]
+
+
+def test_heartbeat_within_the_deadline_still_refreshes(private_redis: Proc) -> None:
+    q = EpisodeQueue(private_redis.url, visibility_timeout_s=0.6, episode_deadline_s=30.0)
+    q.enqueue([req("job-beat", 0)])
+    [d] = q.claim("slow", 1, block_ms=100)
+    for _ in range(3):
+        time.sleep(0.3)
+        assert q.heartbeat("slow", [d]) == []
+    assert q.claim("other", 1, block_ms=100) == []
+
+
 def test_stale_results_are_dropped_and_requeued(private_redis: Proc) -> None:
     q = EpisodeQueue(private_redis.url)
     v2, v3 = PolicyRef(owner="job6", version=2, path="/ckpt/v2"), PolicyRef(owner="job6", version=3, path="/ckpt/v3")
