@@ -42,6 +42,7 @@ class ClusterSettings(BaseSettings):
     workers: int = Field(default=2, ge=0)  # rollout worker processes
     redis_url: str | None = None  # an external Redis; None starts a private redis-server
     redis_port: int = 0  # private redis-server port (0 = a free port)
+    redis_maxmemory: str = "2gb"  # private redis-server's memory cap (noeviction: a full Redis refuses writes)
     corpus: Path = Field(default_factory=corpus_path)  # passages the retriever indexes
     index_type: Literal["flat", "hnsw", "ivfpq"] = "flat"  # FAISS index kind
     judge_backend: str = "local"  # LLM backend of the judge: local | openai
@@ -125,7 +126,7 @@ def up(settings: ClusterSettings | None = None) -> ClusterState:
             state.urls["redis"] = settings.redis_url
         else:
             redis_proc = start_redis(port=settings.redis_port or None, log_dir=logs, data_dir=run_dir / "redis",
-                                     appendonly=True)
+                                     appendonly=True, maxmemory=settings.redis_maxmemory)
             started.append(redis_proc)
             _record(state, "redis", redis_proc)
 

@@ -128,12 +128,15 @@ def wait_http(proc: Proc, url: str, timeout_s: float = 180.0) -> None:
 
 
 def start_redis(port: int | None = None, log_dir: Path | None = None, data_dir: Path | None = None,
-                appendonly: bool = False) -> Proc:
+                appendonly: bool = False, maxmemory: str = "1gb") -> Proc:
+    """A redis-server on loopback. ``maxmemory`` with ``noeviction``: once full, writes fail loudly
+    (``OOM command not allowed``) and nothing already queued is evicted."""
     port = port or free_port()
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="searchlab-redis-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes" if appendonly else "no", "--dir", str(data_dir), "--protected-mode", "yes"]
+            "--appendonly", "yes" if appendonly else "no", "--dir", str(data_dir), "--protected-mode", "yes",
+            "--maxmemory", maxmemory, "--maxmemory-policy", "noeviction"]
     proc = spawn(f"redis-{port}", argv, log_dir=log_dir)
     proc.url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 20

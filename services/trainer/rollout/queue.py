@@ -26,9 +26,10 @@ whose heartbeat thread still beats becomes reclaimable regardless (a late result
 
 Redis errors: a lost consumer group (Redis restarted without its data) is re-created on the next
 read (``NOGROUP``); the worker backs off and retries every other error (:mod:`.worker`).
-Bounds: the dead-letter stream keeps its last ``DEAD_MAXLEN`` entries; a job's keys are deleted
-when the job ends (:meth:`EpisodeQueue.delete_job`), and :meth:`EpisodeQueue.expire_job` gives the
-keys of a job whose owner died a time to live.
+Bounds: the dead-letter stream keeps its last ``dead_maxlen`` entries; a job's keys are deleted when
+the job ends (:meth:`EpisodeQueue.delete_job`), and every write to them renews their time to live
+(``job_ttl_s``), so the keys of a job nobody finishes (its trainer died, an eval's results) go away
+by themselves ``job_ttl_s`` after its last activity.
 
 Policies: every request names the policy it is generated with (:class:`shared.schemas.PolicyRef`:
 owner, version, model folder); there is no cluster-wide policy slot, so two jobs at once each get
@@ -55,7 +56,7 @@ EPISODES = "searchlab:episodes"
 GROUP = "workers"
 DEAD = "searchlab:episodes:dead"
 WORKERS = "searchlab:workers"
-DEAD_MAXLEN = 10_000  # dead letters kept (approximately; the oldest are trimmed)
+JOB_TTL_S = 3 * 24 * 3600  # a job's keys live this long past their last write
 
 
 def job_key(job_id: str, what: str) -> str:
@@ -66,17 +67,20 @@ def results_key(job_id: str) -> str:
     return f"searchlab:results:{job_id}"
 
 
-# KEYS: requests hash, episodes stream. ARGV: episode id, request JSON. -> stream id, or false if known.
+# KEYS: requests hash, episodes stream. ARGV: episode id, request JSON, job id, ttl. -> stream id, or false if known.
 _ENQUEUE = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return redis.call('XADD', KEYS[2], '*', 'job', ARGV[3], 'episode', ARGV[1])
 """
-# KEYS: done hash, results stream, episodes stream. ARGV: episode id, result JSON, group, entry id.
+# KEYS: done hash, results stream, episodes stream. ARGV: episode id, result JSON, group, entry id, ttl.
 _COMPLETE = """
 local written = 0
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   local id = redis.call('XADD', KEYS[2], '*', 'episode', ARGV[1], 'result', ARGV[2])
   redis.call('HSET', KEYS[1], ARGV[1], id)
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
   written = 1
 end
 redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
@@ -116,12 +120,14 @@ class EpisodeQueue:
     """Producer and consumer side of the queue over one Redis connection pool."""
 
     def __init__(self, redis_url: str, *, visibility_timeout_s: float = 120.0, max_attempts: int = 3,
-                 episode_deadline_s: float | None = None):
+                 episode_deadline_s: float | None = None, job_ttl_s: int = JOB_TTL_S, dead_maxlen: int = 10_000):
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=30,
                                           health_check_interval=30)
         self.visibility_timeout_s = visibility_timeout_s
         self.max_attempts = max_attempts
         self.episode_deadline_s = episode_deadline_s  # None: an entry is refreshed as long as its worker beats
+        self.job_ttl_s = job_ttl_s  # a job's keys expire this long after their last write
+        self.dead_maxlen = dead_maxlen  # dead letters kept (the oldest are trimmed)
         self._enqueue = self.redis.register_script(_ENQUEUE)
         self._complete = self.redis.register_script(_COMPLETE)
         self._retry = self.redis.register_script(_RETRY)
@@ -145,7 +151,7 @@ class EpisodeQueue:
         pipe = self.redis.pipeline(transaction=False)
         for req in requests:
             self._enqueue(keys=[job_key(req.job_id, "requests"), EPISODES],
-                          args=[req.episode_id, req.model_dump_json(), req.job_id], client=pipe)
+                          args=[req.episode_id, req.model_dump_json(), req.job_id, self.job_ttl_s], client=pipe)
         return sum(1 for r in pipe.execute() if r)
 
     def all_results(self, job_id: str) -> list[EpisodeResult]:
@@ -281,7 +287,10 @@ class EpisodeQueue:
             self.redis.xdel(EPISODES, entry_id)
             return None
         request = EpisodeRequest.model_validate_json(cast(str, raw))
-        attempt = int(self.redis.hincrby(job_key(job_id, "attempts"), episode_id, 1))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(job_key(job_id, "attempts"), episode_id, 1)
+        pipe.expire(job_key(job_id, "attempts"), self.job_ttl_s)
+        attempt = int(pipe.execute()[0])
         if attempt > self.max_attempts:
             self._dead_letter(entry_id, request, f"delivered {attempt - 1} times without a result "
                                                  "(its workers died or timed out)", consumer)
@@ -308,7 +317,8 @@ class EpisodeQueue:
         """Write the result (once per episode) and acknowledge. False if the episode already had one."""
         req = delivery.request
         written = self._complete(keys=[job_key(req.job_id, "done"), results_key(req.job_id), EPISODES],
-                                 args=[req.episode_id, result.model_dump_json(), GROUP, delivery.entry_id])
+                                 args=[req.episode_id, result.model_dump_json(), GROUP, delivery.entry_id,
+                                       self.job_ttl_s])
         return bool(written)
 
     def fail(self, delivery: Delivery, error: str, consumer: str) -> None:
@@ -325,12 +335,12 @@ class EpisodeQueue:
         log.error("episode %s/%s dead-lettered: %s", req.job_id, req.episode_id, error)
         self.redis.xadd(DEAD, {"job": req.job_id, "episode": req.episode_id, "error": error[:2000],
                                "worker": consumer, "request": req.model_dump_json()},
-                        maxlen=DEAD_MAXLEN, approximate=True)
+                        maxlen=self.dead_maxlen, approximate=False)  # rare: exact trimming is cheap
         result = EpisodeResult(job_id=req.job_id, episode_id=req.episode_id, group_id=req.group_id,
                                policy_version=req.policy_version, worker=consumer, finish_reason="error",
                                error=f"dead-lettered: {error}"[:2000])
         self._complete(keys=[job_key(req.job_id, "done"), results_key(req.job_id), EPISODES],
-                       args=[req.episode_id, result.model_dump_json(), GROUP, entry_id])
+                       args=[req.episode_id, result.model_dump_json(), GROUP, entry_id, self.job_ttl_s])
 
     def dead_letters(self) -> list[dict[str, str]]:
         return [fields for _, fields in cast(list[Any], self.redis.xrange(DEAD))]

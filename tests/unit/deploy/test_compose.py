@@ -335,3 +335,19 @@ def test_redis_persists_append_only_on_a_volume(model: dict[str, Any]) -> None:
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(v.split(":")[1] == "/data" and v.split(":")[0] in model["volumes"] for v in redis["volumes"])
+
+
+def test_redis_memory_is_capped_below_its_limit_and_never_evicts(model: dict[str, Any]) -> None:
+    """Issue 18: without maxmemory Redis grows until the container is OOM-killed; with an evicting
+    policy queue data would vanish silently. noeviction makes a full Redis refuse writes loudly."""
+    redis = model["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    cap = _bytes(command[command.index("--maxmemory") + 1])
+    assert 0 < cap < _bytes(redis["deploy"]["resources"]["limits"]["memory"])
+
+
+def _bytes(size: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    size = size.lower().rstrip("b").rstrip("i")
+    return int(float(size[:-1]) * units[size[-1]]) if size[-1] in units else int(size)

@@ -278,6 +278,10 @@ def test_redis_is_a_persistent_statefulset(rendered: dict[str, list[Manifest]], 
     redis = by_kind(docs, "StatefulSet")["redis"]
     (container,) = containers(redis)
     assert container["args"][container["args"].index("--appendonly") + 1] == "yes"
+    # issue 18: a memory cap below the container limit, and a full Redis refuses writes, never evicts
+    assert container["args"][container["args"].index("--maxmemory-policy") + 1] == "noeviction"
+    cap = _bytes(container["args"][container["args"].index("--maxmemory") + 1])
+    assert 0 < cap < _bytes(container["resources"]["limits"]["memory"])
     (claim,) = redis["spec"]["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
     assert config(docs)["SEARCHLAB_REDIS_URL"] == "redis://redis:6379/0"
@@ -296,3 +300,9 @@ def test_compose_and_k8s_read_the_same_settings() -> None:
     compose = (Path(__file__).resolve().parents[3] / "docker-compose.yml").read_text()
     for env_file in ("k8s/base/searchlab.env", "k8s/overlays/cpu/llm.env", "k8s/overlays/gpu/llm.env"):
         assert env_file in compose, f"docker-compose.yml does not read {env_file}"
+
+
+def _bytes(size: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    size = size.lower().rstrip("b").rstrip("i")
+    return int(float(size[:-1]) * units[size[-1]]) if size[-1] in units else int(size)
