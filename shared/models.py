@@ -114,3 +114,27 @@ def check_model_name(name: str) -> str:
 def prepare_all() -> dict[str, Path]:
     """Make every embedded model ready (used by the setup command)."""
     return {SMOLLM2: smollm2_dir(), MINILM: minilm_dir()}
+
+
+def tiny_llama(target: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """A tiny, randomly initialised Llama with SmolLM2's tokenizer, built from a config (nothing downloaded).
+
+    A real transformers model that every backend loads like any other, for benches and tests whose
+    point is the machinery around the model (queue, workers, faults), not its answers: a 2-layer,
+    64-wide model generates ~100x faster than SmolLM2-135M on a CPU. Written once to ``target``."""
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    source = smollm2_dir()
+    config = LlamaConfig.from_pretrained(source)
+    config.num_hidden_layers, config.hidden_size, config.intermediate_size = layers, hidden, hidden * 2
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 4, 2, hidden // 4
+    torch.manual_seed(seed)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    LlamaForCausalLM(config).save_pretrained(partial)
+    AutoTokenizer.from_pretrained(source).save_pretrained(partial)
+    partial.rename(target)
+    return target
