@@ -6,6 +6,7 @@ One step (``v`` = this job's policy version; every request names it, so jobs nev
     enqueue batch x n EpisodeRequests (group = one prompt, n samples) with policy_version v
     gather results (stale ones, produced by another version, are dropped and re-queued)
     DAPO: drop groups whose rewards are all equal, enqueue fresh prompts to refill
+    leave out episodes whose search failed (a backend outage; exclude_failed_search, default on)
     rewards (+ DAPO overlong penalty) -> GRPO advantages     (algos.outcome_advantages)
     recompute log-probs with grad (micro-batches)  -> loss   (algos.policy_loss, + KL to reference)
     AdamW step -> checkpoint policy/v{v+1} -> publish v+1   (the next requests name it; workers load it)
@@ -76,6 +77,9 @@ class RLConfig(BaseModel):
     curriculum: CurriculumSpec = Field(default_factory=CurriculumSpec)
     max_refill_rounds: int = Field(default=2, ge=0)  # DAPO dynamic sampling: extra enqueue rounds per step
     max_staleness: int = Field(default=0, ge=0)  # accept results this many versions old
+    # Leave episodes with a failed search (search_failures > 0: the retriever or simulator was down, the
+    # policy read an error message instead of documents) out of the loss; counted as excluded_failed_search.
+    exclude_failed_search: bool = True
     # The importance ratio's denominator. "trainer": the trainer's own log-probs of the sampled tokens
     # before this step's update (verl's recomputed old_log_prob; with one optimizer step per batch it is
     # the current forward, detached), immune to rollout/trainer numeric mismatch (bf16 workers, another
@@ -228,9 +232,9 @@ class RLTrainer:
         import torch
 
         cfg = self.config
-        usable = [r for r in results if r.response_ids and any(r.loss_mask)]
+        usable, excluded = trainable(results, cfg.exclude_failed_search)
         if not usable:
-            return {"pg_loss": 0.0, "trained_episodes": 0.0}
+            return {"pg_loss": 0.0, "trained_episodes": 0.0, "excluded_failed_search": float(excluded)}
         # token layout per episode: prompt + response; the loss covers response positions only
         seqs = [r.prompt_ids + r.response_ids for r in usable]
         resp_masks = [[0] * len(r.prompt_ids) + list(r.loss_mask) for r in usable]
@@ -277,7 +281,7 @@ class RLTrainer:
         self.optim.step()
         self.model.eval()
         return {**sums, "grad_norm": float(grad_norm), "trained_episodes": float(len(usable)),
-                "trained_tokens": float(n_tokens)}
+                "trained_tokens": float(n_tokens), "excluded_failed_search": float(excluded)}
 
     def step(self, step: int) -> dict[str, float]:
         point = self.curriculum.at(step)
@@ -293,6 +297,16 @@ class RLTrainer:
         return {**episode_metrics(results, self._reward), **metrics, **point.metrics(),
                 "dropped_groups": float(dropped), "policy_version": float(self.version),
                 "rollout_s": t1 - t0, "update_s": t2 - t1}
+
+
+def trainable(results: Sequence[EpisodeResult], exclude_failed_search: bool) -> tuple[list[EpisodeResult], int]:
+    """The episodes the loss is computed on (some policy tokens), and how many were left out because a
+    search failed: such an episode's reward reflects the outage, not the policy."""
+    kept = [r for r in results if r.response_ids and any(r.loss_mask)]
+    if not exclude_failed_search:
+        return kept, 0
+    clean = [r for r in kept if r.search_failures == 0]
+    return clean, len(kept) - len(clean)
 
 
 def episode_metrics(results: Sequence[EpisodeResult], reward_of: Callable[[EpisodeResult], float]) -> dict[str, float]:
