@@ -25,6 +25,8 @@ class ClusterState:
     logs: dict[str, str] = field(default_factory=dict)
     api_key: str = ""
     started_at: float = 0.0
+    restarts: dict[str, int] = field(default_factory=dict)  # process name -> times the supervisor restarted it
+    gave_up: list[str] = field(default_factory=list)  # processes the supervisor stopped restarting (too many deaths)
 
     def env(self) -> dict[str, str]:
         """Environment a client process needs to reach this cluster."""
@@ -60,6 +62,9 @@ def load_state(configured_run_dir: Path | None = None) -> ClusterState | None:
 
 
 def save_state(state: ClusterState, configured_run_dir: Path | None = None) -> Path:
+    """Write the state atomically (the supervisor rewrites it while others read it)."""
     path = state_path(configured_run_dir)
-    path.write_text(json.dumps(asdict(state), indent=2))
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(asdict(state), indent=2))
+    partial.replace(path)
     return path

@@ -12,7 +12,9 @@ Redis layout (prefix ``TRAINER_KEY_PREFIX``, default ``searchlab:trainer``):
                                   created_at, updated_at, started_at, finished_at, artifacts (JSON),
                                   config (JSON), cancel;
 - ``<prefix>:job:<id>:events``    stream, one entry per event: ``state`` changes, ``step``
-                                  (step, progress, metrics) and ``log`` lines; served as SSE.
+                                  (step, progress, metrics) and ``log`` lines; served as SSE;
+- ``<prefix>:idempotency:<sha>``  job id and body hash of a submission's ``Idempotency-Key`` (a day):
+                                  a retried ``POST /jobs`` returns the first job instead of a second.
 
 Restart: a trainer that starts finds every job in Redis. Jobs that were ``running`` when the
 previous process died are marked ``interrupted`` (their checkpoints stay in the job folder);
@@ -22,6 +24,7 @@ process per key prefix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -145,9 +148,16 @@ class JobManager:
         except ValidationError as exc:
             raise JobError(422, "invalid_config", describe_validation(exc)) from None
 
-    def submit(self, request: JobSubmit) -> str:
+    def submit(self, request: JobSubmit, idempotency_key: str | None = None) -> str:
+        """Create and schedule a job; its id. The same ``idempotency_key`` again (a client's retry after a
+        timeout) returns the first submission's job id and creates nothing; with another body it is a 409."""
         config = self.validate(request)
         job_id = f"{request.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        if idempotency_key is not None:
+            first = self._claim_idempotency_key(idempotency_key, request, job_id)
+            if first is not None:
+                log.info("POST /jobs repeated with Idempotency-Key %r: job %s, nothing new", idempotency_key, first)
+                return first
         now = time.time()
         record = {
             "id": job_id, "kind": request.kind, "state": "queued", "progress": 0.0, "step": 0,
@@ -161,6 +171,19 @@ class JobManager:
         self.event(job_id, "state", {"state": "queued"})
         self._schedule(job_id)
         return job_id
+
+    def _claim_idempotency_key(self, key: str, request: JobSubmit, job_id: str) -> str | None:
+        """Bind ``key`` to ``job_id`` (None), or the job id it is bound to already (a repeated submission)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        body = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+        redis_key = f"{self.prefix}:idempotency:{digest}"
+        if self.redis.set(redis_key, f"{job_id} {body}", nx=True, ex=self.settings.idempotency_ttl_s):
+            return None
+        first, _, first_body = (self.redis.get(redis_key) or "").partition(" ")
+        if first_body != body:
+            raise JobError(409, "idempotency_key_reused",
+                           f"Idempotency-Key {key!r} was used for another submission (job {first})")
+        return first
 
     def get(self, job_id: str) -> JobStatus:
         data = self.redis.hgetall(self._key(job_id))
