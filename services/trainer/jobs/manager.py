@@ -17,9 +17,11 @@ Redis layout (prefix ``TRAINER_KEY_PREFIX``, default ``searchlab:trainer``):
                                   a retried ``POST /jobs`` returns the first job instead of a second.
 
 Restart: a trainer that starts finds every job in Redis. Jobs that were ``running`` when the
-previous process died are marked ``interrupted`` (their checkpoints stay in the job folder);
-jobs still ``queued`` are resumed, i.e. started again (``TRAINER_RESUME_QUEUED``). One trainer
-process per key prefix.
+previous process died are started again when their kind can resume (``JobKindSpec.resumable``: a
+local RL job goes on from its last published ``policy/vN``; ``TRAINER_RESUME_RUNNING``), else marked
+``interrupted`` (their checkpoints stay in the job folder) and their queued episodes are dropped, so
+no worker runs an orphan; jobs still ``queued`` are started again (``TRAINER_RESUME_QUEUED``). One
+trainer process per key prefix.
 """
 
 from __future__ import annotations
@@ -96,13 +98,20 @@ class JobManager:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> dict[str, int]:
-        """Recover after a restart: running -> interrupted, queued -> started again."""
+        """Recover after a restart: running -> resumed (kinds that can) or interrupted, queued -> started again."""
         self.redis.ping()
-        counts = {"interrupted": 0, "resumed": 0}
+        counts = {"interrupted": 0, "resumed": 0, "resumed_running": 0}
         for job_id in self.redis.zrange(f"{self.prefix}:jobs", 0, -1):
             data = self.redis.hgetall(self._key(job_id))
             state = data.get("state")
-            if state == "running":
+            if state == "running" and data.get("cancel") != "1" and self._resumable(data):
+                self.event(job_id, "log", {"message": "the trainer restarted while the job was running; resuming it"})
+                self._drop_episodes(job_id)  # before any worker sees them: the resumed run makes its own
+                self._set_state(job_id, "queued")
+                self._schedule(job_id)
+                counts["resumed_running"] += 1
+            elif state == "running":
+                self._drop_episodes(job_id)
                 self._set_state(job_id, "interrupted", error="the trainer restarted while the job was running")
                 counts["interrupted"] += 1
             elif state == "queued" and self.settings.resume_queued:
@@ -114,6 +123,25 @@ class JobManager:
         if any(counts.values()):
             log.info("recovered jobs after restart: %s", counts)
         return counts
+
+    def _resumable(self, data: dict[str, str]) -> bool:
+        spec = self.kinds.get(data.get("kind", ""))
+        if spec is None or not self.settings.resume_running:
+            return False
+        try:
+            return spec.resumable(spec.config.model_validate_json(data.get("config") or "{}"))
+        except ValidationError:
+            return False
+
+    def _drop_episodes(self, job_id: str) -> None:
+        """Forget an interrupted job's queued episodes: workers then skip its orphans without running them."""
+        from services.trainer.rollout.queue import EpisodeQueue
+
+        queue = EpisodeQueue(self.settings.redis_url)
+        try:
+            queue.delete_job(job_id)
+        finally:
+            queue.close()
 
     def shutdown(self) -> None:
         """Stop: cancel what runs, wait briefly; jobs still running are marked interrupted."""

@@ -3,7 +3,8 @@ trained on like any other; now they are left out of the loss by default, and cou
 
 from __future__ import annotations
 
-from services.trainer.learn.rl import RLConfig, trainable
+from services.trainer.learn.rl import RLConfig
+from services.trainer.learn.rl_metrics import trainable
 from shared.schemas import EpisodeResult
 
 
