@@ -226,7 +226,8 @@ def down(settings: ClusterSettings | None = None, timeout_s: float = 20.0) -> li
 
 
 def _stop_pid(pid: int, timeout_s: float) -> bool:
-    """SIGTERM the process group of ``pid``, SIGKILL after ``timeout_s``; False if it was not running."""
+    """SIGTERM the process group of ``pid`` and wait until all of it is gone (a child it forked too),
+    SIGKILL after ``timeout_s``; False if it was not running."""
     if not _alive(pid):
         return False
     try:
@@ -234,12 +235,28 @@ def _stop_pid(pid: int, timeout_s: float) -> bool:
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while _group_exists(pid) and time.monotonic() < deadline:
         _reap(pid)
         time.sleep(0.1)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+    if _group_exists(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return True
         _reap(pid)
+        deadline = time.monotonic() + 5
+        while _group_exists(pid) and time.monotonic() < deadline:  # until its exited members are reaped
+            time.sleep(0.1)
+    return True
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     return True
 
 
