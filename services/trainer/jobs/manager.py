@@ -100,7 +100,7 @@ class JobManager:
     def start(self) -> dict[str, int]:
         """Recover after a restart: running -> resumed (kinds that can) or interrupted, queued -> started again."""
         self.redis.ping()
-        counts = {"interrupted": 0, "resumed": 0, "resumed_running": 0}
+        counts = {"interrupted": 0, "resumed": 0}  # resumed: started again (queued, or running and resumable)
         for job_id in self.redis.zrange(f"{self.prefix}:jobs", 0, -1):
             data = self.redis.hgetall(self._key(job_id))
             state = data.get("state")
@@ -109,7 +109,7 @@ class JobManager:
                 self._drop_episodes(job_id)  # before any worker sees them: the resumed run makes its own
                 self._set_state(job_id, "queued")
                 self._schedule(job_id)
-                counts["resumed_running"] += 1
+                counts["resumed"] += 1
             elif state == "running":
                 self._drop_episodes(job_id)
                 self._set_state(job_id, "interrupted", error="the trainer restarted while the job was running")
