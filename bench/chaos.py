@@ -14,7 +14,8 @@ while it runs, faults are injected at points spread over its progress (results s
 - at 20% the retriever is stopped for ``--outage-s`` seconds, then started again on its port;
 - at 40% the judge, likewise;
 - at 60% (``--redis-restarts``) Redis is shut down (it writes its append-only file) and started again
-  from it after 2 s; workers back off and reconnect.
+  from it after ``--redis-down-s`` (8 s: longer than redis-py's own ~5 s of reconnect retries, so the
+  workers' backoff is what carries them through, counted as ``redis_retries``).
 
 The model: a tiny real transformers model, a 2-layer 64-wide Llama created from a config with
 SmolLM2's tokenizer (:func:`shared.models.tiny_llama`, written to a temp dir, nothing downloaded),
@@ -137,7 +138,7 @@ class Cluster:
 
     def restart_redis(self) -> None:
         self.redis.stop()  # SIGTERM: Redis writes its append-only file and exits
-        time.sleep(2.0)
+        time.sleep(self.args.redis_down_s)
         self.redis = self._redis()
 
     def stop(self) -> None:
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--redis-restarts", type=int, default=1, choices=(0, 1))
     p.add_argument("--outage-s", type=float, default=10.0, help="retriever and judge outage, each")
+    p.add_argument("--redis-down-s", type=float, default=8.0, help="how long Redis stays down when restarted")
     p.add_argument("--batch", type=int, default=8, help="WORKER_BATCH_SIZE")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--max-attempts", type=int, default=6, help="WORKER_MAX_ATTEMPTS")
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     restarts = sum(1 for e in done_events if e.startswith("redis"))
     ok = len(results) == n and duplicates == 0 and lost == 0
     print(f"BENCH chaos episodes={n} results={len(results)} duplicates={duplicates} lost={lost} kills={kills} "
-          f"redis_restarts={restarts} retriever_outage_s={args.outage_s:.0f} judge_outage_s={args.outage_s:.0f} "
+          f"redis_restarts={restarts} redis_down_s={args.redis_down_s:.0f} retriever_outage_s={args.outage_s:.0f} judge_outage_s={args.outage_s:.0f} "
           f"workers={args.workers} dead_lettered={dead} search_failures={search_failures} "
           f"judge_failures={judge_failures} redis_retries={len(REDIS_RETRY.findall(logs))} "
           f"reruns_dropped={logs.count('already had a result')} seconds={time.monotonic() - started:.0f} "
