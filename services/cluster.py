@@ -4,7 +4,9 @@ Starts, as supervised background processes with health checks and log files, a r
 the retriever (index over the corpus, built once and cached), the judge, the simulator, the
 trainer and N rollout workers, all on loopback. The processes and their URLs are recorded in
 ``<cache>/cluster/cluster.json`` so ``status`` and ``down`` (and later commands, e.g.
-``searchlab demo``) find them. Settings use the same names as docker-compose and k8s:
+``searchlab demo``) find them. A supervisor process (:mod:`services.supervisor`) restarts any of
+them that dies, with a backoff and a cap; ``status`` shows each one's restarts. Settings use the same
+names as docker-compose and k8s:
 
     SEARCHLAB_CLUSTER_WORKERS=2 SEARCHLAB_CLUSTER_BASE_PORT=8001 searchlab up
 """
@@ -27,7 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared import local_cluster
 from shared.config import cache_dir, corpus_path
 from shared.local_cluster import ClusterState
-from shared.processes import Proc, free_port, spawn, start_redis, wait_http
+from shared.processes import Proc, free_port, pid_alive, spawn, start_redis, wait_http
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class ClusterSettings(BaseSettings):
     workers: int = Field(default=2, ge=0)  # rollout worker processes
     redis_url: str | None = None  # an external Redis; None starts a private redis-server
     redis_port: int = 0  # private redis-server port (0 = a free port)
+    redis_maxmemory: str = "2gb"  # private redis-server's memory cap (noeviction: a full Redis refuses writes)
     corpus: Path = Field(default_factory=corpus_path)  # passages the retriever indexes
     index_type: Literal["flat", "hnsw", "ivfpq"] = "flat"  # FAISS index kind
     judge_backend: str = "local"  # LLM backend of the judge: local | openai
@@ -54,6 +57,7 @@ class ClusterSettings(BaseSettings):
     # where). A committed default would let anyone on the machine in.
     api_key: SecretStr | None = None
     start_timeout_s: float = 300.0
+    supervise: bool = True  # restart processes that die (services/supervisor.py)
     run_dir: Path | None = None  # default <cache>/cluster
 
 
@@ -66,13 +70,7 @@ def load_state(settings: ClusterSettings | None = None) -> ClusterState | None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _port(settings: ClusterSettings, offset: int) -> int:
@@ -137,7 +135,7 @@ def up(settings: ClusterSettings | None = None) -> ClusterState:
             state.urls["redis"] = settings.redis_url
         else:
             redis_proc = start_redis(port=settings.redis_port or None, log_dir=logs, data_dir=run_dir / "redis",
-                                     appendonly=True)
+                                     appendonly=True, maxmemory=settings.redis_maxmemory)
             started.append(redis_proc)
             _record(state, "redis", redis_proc)
 
@@ -166,11 +164,19 @@ def up(settings: ClusterSettings | None = None) -> ClusterState:
         dead = [p.name for p in started if not p.alive()]
         if dead:
             raise RuntimeError(f"exited during start-up: {dead}; see logs in {logs}")
+        local_cluster.save_state(state, settings.run_dir)
+        if settings.supervise:
+            from services import supervisor
+
+            named = {name: p for p in started for name, pid in state.pids.items() if pid == p.popen.pid}
+            watcher = supervisor.start(run_dir, named, logs)
+            started.append(watcher)
+            _record(state, supervisor.NAME, watcher)
+            local_cluster.save_state(state, settings.run_dir)
     except BaseException:
         for proc in reversed(started):
             proc.stop()
         raise
-    local_cluster.save_state(state, settings.run_dir)
     return state
 
 
@@ -195,7 +201,10 @@ def status(settings: ClusterSettings | None = None) -> dict[str, Any]:
         return {"ready": False, "processes": {}}
     processes: dict[str, dict[str, Any]] = {}
     for name, pid in state.pids.items():
-        entry: dict[str, Any] = {"pid": pid, "alive": _alive(pid), "log": state.logs.get(name, "")}
+        entry: dict[str, Any] = {"pid": pid, "alive": _alive(pid), "log": state.logs.get(name, ""),
+                                 "restarts": state.restarts.get(name, 0)}
+        if name in state.gave_up:
+            entry["gave_up"] = True
         url = state.urls.get(name, "")
         if url.startswith("http"):
             entry["url"] = url
@@ -213,26 +222,54 @@ def down(settings: ClusterSettings | None = None, timeout_s: float = 20.0) -> li
     state = load_state(settings)
     if state is None:
         return []
-    order = sorted(state.pids, key=lambda n: (n == "redis", not n.startswith("worker"), n))
     stopped = []
+    watcher = state.pids.get("supervisor")
+    if watcher is not None and _stop_pid(watcher, timeout_s):  # first, or it would restart what is stopped next
+        stopped.append("supervisor")
+    state = load_state(settings) or state  # the supervisor may have restarted some (new pids)
+    order = sorted(state.pids, key=lambda n: (n == "redis", not n.startswith("worker"), n))
     for name in order:
-        pid = state.pids[name]
-        if not _alive(pid):
+        if name == "supervisor":
             continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.1)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-            _reap(pid)
-        stopped.append(name)
+        if _stop_pid(state.pids[name], timeout_s):
+            stopped.append(name)
     state_path(settings).unlink(missing_ok=True)
     return stopped
+
+
+def _stop_pid(pid: int, timeout_s: float) -> bool:
+    """SIGTERM the process group of ``pid`` and wait until all of it is gone (a child it forked too),
+    SIGKILL after ``timeout_s``; False if it was not running."""
+    if not _alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while _group_exists(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.1)
+    if _group_exists(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        _reap(pid)
+        deadline = time.monotonic() + 5
+        while _group_exists(pid) and time.monotonic() < deadline:  # until its exited members are reaped
+            time.sleep(0.1)
+    return True
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _reap(pid: int) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -254,8 +255,12 @@ class SimulatorClient(RetrieverClient):
 class TrainerClient(ServiceClient):
     service = "trainer"
 
-    def submit(self, kind: str, config: dict[str, Any] | None = None) -> str:
-        return self._post("/jobs", {"kind": kind, "config": config or {}}, JobCreated).id
+    def submit(self, kind: str, config: dict[str, Any] | None = None, idempotency_key: str | None = None) -> str:
+        """Submit a job; its id. Every submission carries an ``Idempotency-Key`` (a fresh one unless given),
+        so a retry after a timeout that the trainer did receive returns the same job, not a second one."""
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        body = {"kind": kind, "config": config or {}}
+        return JobCreated.model_validate(self.request("POST", "/jobs", json=body, headers=headers).json()).id
 
     def jobs(self) -> list[JobStatus]:
         return self._get("/jobs", JobList).jobs

@@ -25,6 +25,8 @@ class ClusterState:
     logs: dict[str, str] = field(default_factory=dict)
     api_key: str = ""
     started_at: float = 0.0
+    restarts: dict[str, int] = field(default_factory=dict)  # process name -> times the supervisor restarted it
+    gave_up: list[str] = field(default_factory=list)  # processes the supervisor stopped restarting (too many deaths)
 
     def env(self) -> dict[str, str]:
         """Environment a client process needs to reach this cluster."""
@@ -60,10 +62,13 @@ def load_state(configured_run_dir: Path | None = None) -> ClusterState | None:
 
 
 def save_state(state: ClusterState, configured_run_dir: Path | None = None) -> Path:
-    """Write the state file readable by its owner only (it holds the cluster's key)."""
+    """Write the state atomically (the supervisor rewrites it while others read it), readable by its owner
+    only (it holds the cluster's key)."""
     path = state_path(configured_run_dir)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(asdict(state), indent=2))
-    path.chmod(0o600)  # an older file keeps its mode through O_TRUNC
+    partial.chmod(0o600)
+    partial.replace(path)
     return path

@@ -135,3 +135,17 @@ def small_model(out: Path, *, seed: int = 0, layers: int = 2, hidden: int = 64, 
     LlamaForCausalLM(config).save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     return out
+
+
+def tiny_llama(target: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """A tiny, randomly initialised Llama with SmolLM2's tokenizer (:func:`small_model`), written once to
+    ``target``: a real transformers model that every backend loads like any other, for benches and tests
+    whose point is the machinery around the model (queue, workers, faults), not its answers; a 2-layer,
+    64-wide model generates ~100x faster than SmolLM2-135M on a CPU."""
+    if (target / "config.json").is_file():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    small_model(partial, seed=seed, layers=layers, hidden=hidden, init_range=0.02)
+    partial.rename(target)
+    return target

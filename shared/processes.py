@@ -63,6 +63,8 @@ class Proc:
     log_path: Path
     url: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)  # how it was started (a supervisor starts it again so)
+    env: dict[str, str] = field(default_factory=dict)  # the variables given on top of the environment
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -108,7 +110,23 @@ def spawn(name: str, argv: list[str], env: Mapping[str, str] | None = None, log_
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
                                  start_new_session=True)
-    return Proc(name, popen, log_path)
+    return Proc(name, popen, log_path, argv=list(argv), env=dict(env or {}))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: exists and is not a zombie (an exited child nobody reaped yet,
+    e.g. an orphan whose new parent does not reap)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust the signal
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def wait_http(proc: Proc, url: str, timeout_s: float = 180.0) -> None:
@@ -128,12 +146,15 @@ def wait_http(proc: Proc, url: str, timeout_s: float = 180.0) -> None:
 
 
 def start_redis(port: int | None = None, log_dir: Path | None = None, data_dir: Path | None = None,
-                appendonly: bool = False) -> Proc:
+                appendonly: bool = False, maxmemory: str = "1gb") -> Proc:
+    """A redis-server on loopback. ``maxmemory`` with ``noeviction``: once full, writes fail loudly
+    (``OOM command not allowed``) and nothing already queued is evicted."""
     port = port or free_port()
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="searchlab-redis-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes" if appendonly else "no", "--dir", str(data_dir), "--protected-mode", "yes"]
+            "--appendonly", "yes" if appendonly else "no", "--dir", str(data_dir), "--protected-mode", "yes",
+            "--maxmemory", maxmemory, "--maxmemory-policy", "noeviction"]
     proc = spawn(f"redis-{port}", argv, log_dir=log_dir)
     proc.url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 20

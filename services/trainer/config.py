@@ -60,6 +60,8 @@ class TrainerSettings(ServiceSettings):
     key_prefix: str = "searchlab:trainer"  # Redis keys of job records and event streams
     events_maxlen: int = Field(default=10_000, ge=100)  # events kept per job (approximate trim)
     resume_queued: bool = True  # on start-up, re-run jobs that were queued but never started
+    resume_running: bool = True  # on start-up, resume jobs that were running (kinds that can: local RL)
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)  # how long a POST /jobs Idempotency-Key is remembered
     torch_threads: int | None = Field(default=None, ge=1)  # intra-op threads of training (None: torch default)
     tracking: str = "tensorboard"  # where step metrics also go, comma-separated: tensorboard, wandb, mlflow | none
     # verl runs on a Ray cluster (services/trainer/jobs/cluster.py). The job folder must be on storage the

@@ -1,9 +1,11 @@
 """``searchlab up`` -> every service ready -> the notebook runs against it (eval, a tiny RL job, one of its
 trajectories and its curves) -> ``searchlab down``
-leaves no process behind. Real processes, real Redis, real models, loopback only."""
+leaves no process behind; a killed worker and service are restarted by the cluster's supervisor. Real
+processes, real Redis, real models, loopback only."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -100,6 +102,31 @@ def test_quickstart_notebook_runs_top_to_bottom(cluster_env: dict[str, str], tmp
     assert "'direct'" in outputs and "'rag'" in outputs
     assert "trajectories/step_0002.jsonl" in outputs  # a trajectory sample per RL step
     assert "--- policy" in outputs and "--- searches:" in outputs  # one trajectory, the model's turns apart
+
+
+def test_a_killed_worker_and_service_are_restarted(cluster_env: dict[str, str]) -> None:
+    """Issue 18: nothing restarted a dead process of `searchlab up`; now its supervisor does, visibly."""
+    import signal
+    import time
+
+    before = cluster.load_state()
+    assert before is not None and "supervisor" in before.pids
+    for name in ("worker-0", "retriever"):
+        os.killpg(before.pids[name], signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while True:
+        report = cluster.status()
+        procs = report["processes"]
+        if all(procs[n]["restarts"] == 1 and procs[n]["alive"] and procs[n]["pid"] != before.pids[n]
+               for n in ("worker-0", "retriever")) and procs["retriever"].get("ready"):
+            break
+        assert time.monotonic() < deadline, json.dumps(report, indent=2)
+        time.sleep(1.0)
+    assert report["urls"]["retriever"] == before.urls["retriever"]  # back on its port
+    status = json.loads(searchlab("status", env=cluster_env).stdout)
+    assert status["processes"]["worker-0"]["restarts"] == 1 and status["processes"]["redis"]["restarts"] == 0
+    [hits] = Cluster.local().retriever.retrieve(["Benedict Arnold"], topk=1)
+    assert len(hits) == 1
 
 
 def test_down_leaves_no_process_behind(cluster_env: dict[str, str]) -> None:

@@ -38,9 +38,13 @@ def _http(exc: JobError) -> ServiceError:
     return ServiceError(exc.status, exc.code, exc.message)
 
 
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200, description=(
+    "a retried submission with the same key returns the first one's job id (kept a day)"))]
+
+
 @router.post("/jobs", response_model=JobCreated, status_code=201)
-async def submit_job(body: JobSubmit, jobs: ManagerDep) -> JobCreated:
-    return JobCreated(id=await asyncio.to_thread(jobs.submit, body))
+async def submit_job(body: JobSubmit, jobs: ManagerDep, idempotency_key: IdempotencyKey = None) -> JobCreated:
+    return JobCreated(id=await asyncio.to_thread(jobs.submit, body, idempotency_key))
 
 
 @router.get("/jobs", response_model=JobList)

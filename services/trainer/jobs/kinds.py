@@ -34,6 +34,9 @@ class JobKindSpec:
     config: type[BaseModel]  # validated at submission
     run: RunFn  # runs in a job thread; returns final metrics
     doc: str = ""
+    # whether a job of this config, running when the trainer died, is started again (it resumes from
+    # what it left in its folder) rather than ended "interrupted"
+    resumable: Callable[[BaseModel], bool] = lambda config: False
 
 
 JOB_KINDS: dict[str, JobKindSpec] = {
@@ -41,7 +44,8 @@ JOB_KINDS: dict[str, JobKindSpec] = {
                        "supervised fine-tuning on trajectory records (observation-masked)"),
     "rl": JobKindSpec(RLJobConfig, runners.run_rl_job,
                       "GRPO / DAPO with rollouts on the episode queue (engine local), or a verl run prepared "
-                      "and validated (engine verl)"),
+                      "and validated (engine verl)",
+                      resumable=lambda config: getattr(config, "engine", "local") == "local"),
     "ramp": JobKindSpec(RampConfig, runners.run_ramp_job, "MaskSearch RAMP samples from corpus passages"),
     "coldstart": JobKindSpec(ColdStartJobConfig, runners.run_coldstart_job,
                              "scripted cold-start trajectories (RAMP + QA train part) with real retrieval"),

@@ -12,17 +12,22 @@ Redis layout (prefix ``TRAINER_KEY_PREFIX``, default ``searchlab:trainer``):
                                   created_at, updated_at, started_at, finished_at, artifacts (JSON),
                                   config (JSON), cancel, cluster (JSON: its run on a Ray cluster);
 - ``<prefix>:job:<id>:events``    stream, one entry per event: ``state`` changes, ``step``
-                                  (step, progress, metrics) and ``log`` lines; served as SSE.
+                                  (step, progress, metrics) and ``log`` lines; served as SSE;
+- ``<prefix>:idempotency:<sha>``  job id and body hash of a submission's ``Idempotency-Key`` (a day):
+                                  a retried ``POST /jobs`` returns the first job instead of a second.
 
 Restart: a trainer that starts finds every job in Redis. Jobs that were ``running`` when the
-previous process died are marked ``interrupted`` (their checkpoints stay in the job folder), except
-those whose run is on a Ray cluster (``cluster`` in the record, a verl run): the new trainer attaches to
-that run again and follows it (a shut-down trainer leaves such runs going). Jobs still ``queued`` are
-resumed, i.e. started again (``TRAINER_RESUME_QUEUED``). One trainer process per key prefix.
+previous process died are followed again when their run is on a Ray cluster (``cluster`` in the record,
+a verl run: a shut-down trainer leaves such runs going), started again when their kind can resume
+(``JobKindSpec.resumable``: a local RL job goes on from its last published ``policy/vN``;
+``TRAINER_RESUME_RUNNING``), else marked ``interrupted`` (their checkpoints stay in the job folder) and
+their queued episodes are dropped, so no worker runs an orphan; jobs still ``queued`` are started again
+(``TRAINER_RESUME_QUEUED``). One trainer process per key prefix.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -95,16 +100,23 @@ class JobManager:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> dict[str, int]:
-        """Recover after a restart: running -> interrupted, queued -> started again."""
+        """Recover after a restart: running -> resumed (kinds that can) or interrupted, queued -> started again."""
         self.redis.ping()
-        counts = {"interrupted": 0, "resumed": 0, "reattached": 0}
+        counts = {"interrupted": 0, "resumed": 0, "reattached": 0}  # resumed: queued, or running and resumable
         for job_id in self.redis.zrange(f"{self.prefix}:jobs", 0, -1):
             data = self.redis.hgetall(self._key(job_id))
             state = data.get("state")
             if state == "running" and _live_cluster(data):  # its run goes on on the Ray cluster: follow it again
                 self._schedule(job_id)
                 counts["reattached"] += 1
+            elif state == "running" and data.get("cancel") != "1" and self._resumable(data):
+                self.event(job_id, "log", {"message": "the trainer restarted while the job was running; resuming it"})
+                self._drop_episodes(job_id)  # before any worker sees them: the resumed run makes its own
+                self._set_state(job_id, "queued")
+                self._schedule(job_id)
+                counts["resumed"] += 1
             elif state == "running":
+                self._drop_episodes(job_id)
                 self._set_state(job_id, "interrupted", error="the trainer restarted while the job was running")
                 counts["interrupted"] += 1
             elif state == "queued" and self.settings.resume_queued:
@@ -116,6 +128,25 @@ class JobManager:
         if any(counts.values()):
             log.info("recovered jobs after restart: %s", counts)
         return counts
+
+    def _resumable(self, data: dict[str, str]) -> bool:
+        spec = self.kinds.get(data.get("kind", ""))
+        if spec is None or not self.settings.resume_running:
+            return False
+        try:
+            return spec.resumable(spec.config.model_validate_json(data.get("config") or "{}"))
+        except ValidationError:
+            return False
+
+    def _drop_episodes(self, job_id: str) -> None:
+        """Forget an interrupted job's queued episodes: workers then skip its orphans without running them."""
+        from services.trainer.rollout.queue import EpisodeQueue
+
+        queue = EpisodeQueue(self.settings.redis_url)
+        try:
+            queue.delete_job(job_id)
+        finally:
+            queue.close()
 
     def shutdown(self) -> None:
         """Stop: cancel what runs, wait briefly; jobs still running are marked interrupted."""
@@ -151,9 +182,16 @@ class JobManager:
         except ValidationError as exc:
             raise JobError(422, "invalid_config", describe_validation(exc)) from None
 
-    def submit(self, request: JobSubmit) -> str:
+    def submit(self, request: JobSubmit, idempotency_key: str | None = None) -> str:
+        """Create and schedule a job; its id. The same ``idempotency_key`` again (a client's retry after a
+        timeout) returns the first submission's job id and creates nothing; with another body it is a 409."""
         config = self.validate(request)
         job_id = f"{request.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        if idempotency_key is not None:
+            first = self._claim_idempotency_key(idempotency_key, request, job_id)
+            if first is not None:
+                log.info("POST /jobs repeated with Idempotency-Key %r: job %s, nothing new", idempotency_key, first)
+                return first
         now = time.time()
         record = {
             "id": job_id, "kind": request.kind, "state": "queued", "progress": 0.0, "step": 0,
@@ -167,6 +205,19 @@ class JobManager:
         self.event(job_id, "state", {"state": "queued"})
         self._schedule(job_id)
         return job_id
+
+    def _claim_idempotency_key(self, key: str, request: JobSubmit, job_id: str) -> str | None:
+        """Bind ``key`` to ``job_id`` (None), or the job id it is bound to already (a repeated submission)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        body = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+        redis_key = f"{self.prefix}:idempotency:{digest}"
+        if self.redis.set(redis_key, f"{job_id} {body}", nx=True, ex=self.settings.idempotency_ttl_s):
+            return None
+        first, _, first_body = (self.redis.get(redis_key) or "").partition(" ")
+        if first_body != body:
+            raise JobError(409, "idempotency_key_reused",
+                           f"Idempotency-Key {key!r} was used for another submission (job {first})")
+        return first
 
     def get(self, job_id: str) -> JobStatus:
         data = self.redis.hgetall(self._key(job_id))

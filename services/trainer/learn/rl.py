@@ -6,6 +6,7 @@ One step (``v`` = this job's policy version; every request names it, so jobs nev
     enqueue batch x n EpisodeRequests (group = one prompt, n samples) with policy_version v
     gather results (stale ones, produced by another version, are dropped and re-queued)
     DAPO: drop groups whose rewards are all equal, enqueue fresh prompts to refill
+    leave out episodes whose search failed (a backend outage; exclude_failed_search, default on)
     rewards (+ DAPO overlong penalty) -> GRPO advantages     (algos.outcome_advantages)
     recompute log-probs with grad (micro-batches)  -> loss   (algos.policy_loss, + KL to reference)
     AdamW step -> checkpoint policy/v{v+1} -> publish v+1   (the next requests name it; workers load it)
@@ -14,6 +15,11 @@ One step (``v`` = this job's policy version; every request names it, so jobs nev
 Tensors: ``prompt_ids + response_ids`` per episode, right-padded; the response mask is the
 worker's loss mask (1 on policy tokens, 0 on ``<information>`` observation tokens), the old
 log-probs are the worker's own sampling log-probs (temperature 1).
+
+Resume: a job started again in the same folder (the trainer restarted mid-job) goes on from its last
+published ``policy/vN`` (:func:`latest_policy`): the weights of vN, step N-1 next (the optimizer's
+moments start afresh), the prompt sampler replayed to where it was; its unfinished episodes are
+dropped from the queue and this run's episode ids carry a fresh tag, so no orphan is ever run.
 
 Data hygiene: QA prompts come only from the ``train`` part of the fixed split
 (:func:`shared.data.load_split`); a config asking for ``eval`` is refused.
@@ -25,6 +31,7 @@ import logging
 import random
 import shutil
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +57,7 @@ from services.trainer.learn.policy import (
 )
 from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSampler, PromptSource, load_prompts
 from services.trainer.learn.rl_curriculum import Curriculum, CurriculumPoint, CurriculumSpec
+from services.trainer.learn.rl_metrics import episode_metrics, trainable
 from services.trainer.learn.trajectories import sample_name, step_samples, write_jsonl
 from shared.config import Device, resolve_device
 from shared.confine import ModelRef
@@ -80,6 +88,9 @@ class RLConfig(BaseModel):
     curriculum: CurriculumSpec = Field(default_factory=CurriculumSpec)
     max_refill_rounds: int = Field(default=2, ge=0, le=16)  # DAPO dynamic sampling: extra enqueue rounds per step
     max_staleness: int = Field(default=0, ge=0, le=8)  # accept results this many versions old
+    # Leave episodes with a failed search (search_failures > 0: the retriever or simulator was down, the
+    # policy read an error message instead of documents) out of the loss; counted as excluded_failed_search.
+    exclude_failed_search: bool = True
     # The importance ratio's denominator. "trainer": the trainer's own log-probs of the sampled tokens
     # before this step's update (verl's recomputed old_log_prob; with one optimizer step per batch it is
     # the current forward, detached), immune to rollout/trainer numeric mismatch (bf16 workers, another
@@ -128,9 +139,25 @@ class Rollouts:
         by_id = {r.episode_id: r for r in results}
         return [by_id[r.episode_id] for r in requests]
 
+    def forget(self) -> None:
+        """Drop this job's queued episodes and results (a resumed run's orphans: workers skip them unrun)."""
+        self.queue.delete_job(self.job_id)
+
     def close(self) -> None:
         self.queue.delete_job(self.job_id)
         self.queue.close()
+
+
+def published_policies(out_dir: Path) -> list[tuple[int, Path]]:
+    """The complete ``policy/vN`` folders in a job's folder, oldest first: (N, folder)."""
+    return sorted((int(p.name[1:]), p) for p in (out_dir / "policy").glob("v*")
+                  if p.name[1:].isdigit() and (p / "config.json").is_file())
+
+
+def latest_policy(out_dir: Path) -> tuple[int, Path] | None:
+    """The newest policy a previous run of this job published, or None."""
+    found = published_policies(out_dir)
+    return found[-1] if found else None
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -139,7 +166,8 @@ class Rollouts:
 class RLTrainer:
     """Owns the policy, its optimizer and (with KL) the frozen reference; one ``step()`` per update."""
 
-    def __init__(self, config: RLConfig, job_id: str, out_dir: Path, rollouts: Rollouts):
+    def __init__(self, config: RLConfig, job_id: str, out_dir: Path, rollouts: Rollouts,
+                 resume: tuple[int, Path] | None = None):
         import torch
 
         self.config = config
@@ -148,7 +176,8 @@ class RLTrainer:
         self.rollouts = rollouts
         torch.manual_seed(config.seed)
         self.rng = random.Random(config.seed)
-        self.model, self.tokenizer = load_policy(config.model, train_layers=config.train_layers, device=config.device)
+        weights = str(resume[1]) if resume else config.model  # resumed: the last published version's weights
+        self.model, self.tokenizer = load_policy(weights, train_layers=config.train_layers, device=config.device)
         self.ref = (load_policy(config.model, trainable=False, device=config.device)[0]
                     if config.algo.kl_coef > 0 else None)
         self.device = device_of(self.model)
@@ -159,10 +188,17 @@ class RLTrainer:
         self.sampler = PromptSampler(load_prompts(config.prompts), config.seed)
         self.pad_id = int(self.tokenizer.pad_token_id)
         self.version = 1  # the start weights; each update publishes the next
-        self.versions: list[Path] = []  # checkpoints this run wrote (the oldest are deleted)
+        self.versions: list[Path] = []  # checkpoints this job wrote (the oldest are deleted)
         self.asked: dict[str, EpisodeRequest] = {}  # this step's requests by episode id (for the samples)
         self.start_path = resolve(config.model)
-        self.rollouts.publish(self.version, self.start_path)  # workers generate step 0 with the start weights
+        self.run_tag = ""  # in episode ids: a resumed run's own, so its predecessor's orphans never match
+        if resume is None:
+            self.rollouts.publish(self.version, self.start_path)  # workers generate step 0 with the start weights
+        else:
+            self.version = resume[0]
+            self.versions = [p for _, p in published_policies(out_dir)]
+            self.run_tag = f"re{uuid.uuid4().hex[:6]}-"
+            self.rollouts.publish(self.version, resume[1])
 
     def _policy_dir(self) -> Path:
         return self.out_dir / "policy" / f"v{self.version}"
@@ -203,7 +239,7 @@ class RLTrainer:
             need = cfg.batch_size - len({x.group_id for x in kept})
             if need <= 0:
                 break
-            requests = self._requests(self.sampler.take(need, point), point, tag=f"r{r}g")
+            requests = self._requests(self.sampler.take(need, point), point, tag=f"{self.run_tag}r{r}g")
             self.asked.update((q.episode_id, q) for q in requests)
             results = self.rollouts.run(requests, cfg.max_staleness, cfg.step_timeout_s)
             if not cfg.algo.dynamic_sampling:
@@ -235,9 +271,9 @@ class RLTrainer:
         import torch
 
         cfg = self.config
-        usable = [r for r in results if r.response_ids and any(r.loss_mask)]
+        usable, excluded = trainable(results, cfg.exclude_failed_search)
         if not usable:
-            return {"pg_loss": 0.0, "trained_episodes": 0.0}
+            return {"pg_loss": 0.0, "trained_episodes": 0.0, "excluded_failed_search": float(excluded)}
         # token layout per episode: prompt + response; the loss covers response positions only
         seqs = [r.prompt_ids + r.response_ids for r in usable]
         resp_masks = [[0] * len(r.prompt_ids) + list(r.loss_mask) for r in usable]
@@ -286,7 +322,7 @@ class RLTrainer:
         self.optim.step()
         self.model.eval()
         return {**sums, "grad_norm": float(grad_norm), "trained_episodes": float(len(usable)),
-                "trained_tokens": float(n_tokens)}
+                "trained_tokens": float(n_tokens), "excluded_failed_search": float(excluded)}
 
     def step(self, step: int) -> dict[str, float]:
         point = self.curriculum.at(step)
@@ -304,49 +340,21 @@ class RLTrainer:
                 "rollout_s": t1 - t0, "update_s": t2 - t1}
 
 
-def episode_metrics(results: Sequence[EpisodeResult], reward_of: Callable[[EpisodeResult], float]) -> dict[str, float]:
-    """Per-step episode statistics: reward (mean and by part), accuracy, lengths, turns, searches."""
-    n = max(len(results), 1)
-
-    def mean(values: Sequence[float]) -> float:
-        return sum(values) / n
-
-    parts: dict[str, float] = defaultdict(float)
-    for r in results:
-        for key, value in r.reward_parts.items():
-            parts[f"reward_{key}"] += float(value) / n
-    out = {
-        "reward_mean": mean([reward_of(r) for r in results]),
-        "reward_std": _std([reward_of(r) for r in results]),
-        "overlong_mean": mean([reward_of(r) - r.reward for r in results]),
-        "accuracy": mean([float(r.scores.get("cover_em", 0.0)) for r in results]),
-        "f1": mean([float(r.scores.get("f1", 0.0)) for r in results]),
-        "response_length_mean": mean([float(len(r.response_ids)) for r in results]),
-        "policy_tokens_mean": mean([float(sum(r.loss_mask)) for r in results]),
-        "turns_mean": mean([float(r.turns) for r in results]),
-        "searches_mean": mean([float(r.searches) for r in results]),
-        "search_failures": float(sum(r.search_failures for r in results)),
-        "answered": mean([float(r.finish_reason == "answer") for r in results]),
-        "episodes": float(len(results)),
-        **parts,
-    }
-    return out
-
-
-def _std(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mu = sum(values) / len(values)
-    return float((sum((v - mu) ** 2 for v in values) / (len(values) - 1)) ** 0.5)
-
-
 def train_rl(config: RLConfig, job_id: str, out_dir: Path, rollouts: Rollouts,
              on_step: Callable[[int, int, dict[str, float]], None] | None = None,
              should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-    trainer = RLTrainer(config, job_id, out_dir, rollouts)
-    start_version = trainer.version
+    resume = latest_policy(out_dir)
+    trainer = RLTrainer(config, job_id, out_dir, rollouts, resume)
+    start_version = 1
+    done = min(trainer.version - start_version, config.steps)  # steps a previous run of this job finished
+    if resume is not None:
+        log.info("rl %s resumes from %s (v%d): %d/%d steps were done", job_id, resume[1], resume[0], done,
+                 config.steps)
+        rollouts.forget()  # the previous run's unfinished episodes: never run now
+        for step in range(done):  # the sampler where it was (dynamic sampling's refills aside)
+            trainer.sampler.take(config.batch_size, trainer.curriculum.at(step))
     metrics: dict[str, float] = {}
-    for step in range(config.steps):
+    for step in range(done, config.steps):
         if should_stop():
             break
         metrics = trainer.step(step)
@@ -359,4 +367,4 @@ def train_rl(config: RLConfig, job_id: str, out_dir: Path, rollouts: Rollouts,
     shutil.rmtree(checkpoint, ignore_errors=True)
     shutil.copytree(final, checkpoint)
     return {**metrics, "checkpoint": str(checkpoint), "start_version": start_version,
-            "final_version": trainer.version}
+            "final_version": trainer.version, "resumed_from_version": resume[0] if resume else 0}

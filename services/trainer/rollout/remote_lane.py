@@ -11,8 +11,9 @@ each such episode as a coroutine on one event loop (its own thread), up to ``cap
 
 Generation requests are spread over the episode's servers (least loaded, then sticky per episode),
 retriever queries of concurrent episodes leave together (:class:`AsyncSearcher`). The worker's
-heartbeat refreshes the lane's entries too, so long episodes are not reclaimed; a worker that dies
-leaves them pending and another reclaims them after the visibility timeout, as in the batch path.
+heartbeat refreshes the lane's entries too, so long episodes are not reclaimed (until their deadline);
+a worker that dies leaves them pending and another reclaims them after the visibility timeout, as in
+the batch path. Result writes go through the worker's ``write`` (retried while Redis is away).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
+from typing import Any
 
 from services.trainer.rollout.agent import EpisodeSteps
 from services.trainer.rollout.async_agent import AsyncAgent, AsyncSearcher, RemoteGenerator
@@ -39,7 +42,8 @@ class RemoteLane:
 
     def __init__(self, name: str, queue: EpisodeQueue, endpoints: SearchEndpoints, *, capacity: int,
                  judge_url: str | None = None, judge_timeout_s: float = 120.0, generate_timeout_s: float = 600.0,
-                 tokenizer_cache: int = 4, on_done: Callable[[], None] = lambda: None):
+                 tokenizer_cache: int = 4, on_done: Callable[[], None] = lambda: None,
+                 write: Callable[[Callable[[], Any], str], Any] = lambda call, what: call()):
         self.name = name
         self.queue = queue
         self.endpoints = endpoints
@@ -49,6 +53,7 @@ class RemoteLane:
         self.generate_timeout_s = generate_timeout_s
         self.tokenizer_cache = tokenizer_cache
         self.on_done = on_done
+        self.write = write  # (queue call, what) -> its value; the worker's retries Redis errors
         self._tokenizers: OrderedDict[str, HFTokenizer] = OrderedDict()
         self._inflight: dict[str, Delivery] = {}  # entry id -> delivery
         self._lock = threading.Lock()
@@ -64,9 +69,9 @@ class RemoteLane:
         with self._lock:
             return self.capacity - len(self._inflight)
 
-    def entry_ids(self) -> list[str]:
+    def deliveries(self) -> list[Delivery]:
         with self._lock:
-            return list(self._inflight)
+            return list(self._inflight.values())
 
     def wait_free(self, timeout_s: float) -> bool:
         """Block until a slot frees (or ``timeout_s``); True if one is free."""
@@ -117,9 +122,10 @@ class RemoteLane:
             result = await agent.run(req, steps, generate)
         except Exception as exc:  # the one place a remote episode's crash is contained (logged)
             log.exception("%s: remote episode %s raised", self.name, req.episode_id)
-            await asyncio.to_thread(self.queue.fail, d, f"{type(exc).__name__}: {exc}", self.name)
+            error = f"{type(exc).__name__}: {exc}"
+            await asyncio.to_thread(self.write, partial(self.queue.fail, d, error, self.name), "fail")
         else:
-            if not await asyncio.to_thread(self.queue.complete, d, result):
+            if await asyncio.to_thread(self.write, partial(self.queue.complete, d, result), "complete") is False:
                 log.info("%s: episode %s already had a result; this run was dropped", self.name, req.episode_id)
             self.on_done()
         finally:

@@ -37,6 +37,9 @@ class WorkerSettings(BaseSettings):
     visibility_timeout_s: float = Field(default=120.0, gt=0)  # idle pending entries older than this are reclaimed
     heartbeat_s: float | None = None  # refresh in-flight entries this often (None: visibility_timeout_s / 3)
     max_attempts: int = Field(default=3, ge=1)  # deliveries of one episode before it is dead-lettered
+    episode_deadline_s: float | None = Field(default=1800.0, gt=0)  # after this, a claimed episode is no longer
+    #   refreshed by the heartbeat, so a hung worker's episode is reclaimed (None: refreshed while the worker beats)
+    redis_retry_s: float = Field(default=300.0, gt=0)  # how long a result write is retried while Redis is away
     search_timeout_s: float = Field(default=30.0, gt=0)  # per search request
     search_retries: int = Field(default=2, ge=0)  # capped retries of a failed search request
     search_concurrency: int = Field(default=16, ge=1)  # searches in flight at once

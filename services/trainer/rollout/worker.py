@@ -9,7 +9,14 @@ yet into a small LRU (``WORKER_POLICY_CACHE`` models) -> run each group together
 batched generation -> write each result exactly once and acknowledge it. A heartbeat thread keeps
 in-flight entries from being reclaimed while a long batch runs. If a batch raises, its episodes
 are re-run one by one so that only the poison episode is retried (and dead-lettered after
-``max_attempts``). SIGTERM / SIGINT: the batch in flight is finished, then the worker exits.
+``max_attempts``); an episode reclaimed from a worker that died (or hung) runs alone, so an episode
+that kills its worker is charged alone too. The heartbeat stops refreshing an episode
+``WORKER_EPISODE_DEADLINE_S`` after it was claimed: a hung episode becomes reclaimable.
+SIGTERM / SIGINT: the batch in flight is finished, then the worker exits.
+
+Redis errors never end the worker: it logs, backs off (capped, doubling) and reconnects, and the
+queue re-creates a lost consumer group; a result computed while Redis is away is written once it
+is back (its entry stays pending meanwhile, so a worker death then loses nothing either).
 
 Episodes that name their own rollout servers (``EpisodeRequest.generation``: verl's SGLang replicas)
 take the remote lane instead (:mod:`services.trainer.rollout.remote_lane`): no model is loaded for
@@ -31,7 +38,10 @@ import sys
 import threading
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
+from functools import partial
 from types import FrameType
+from typing import TypeVar
 
 import redis
 
@@ -47,6 +57,7 @@ from shared.schemas import PolicyRef
 from shared.sglang import WeightSyncError
 
 log = logging.getLogger("searchlab.worker")
+T = TypeVar("T")
 
 
 class Policies:
@@ -107,12 +118,31 @@ class Policies:
         return [f"{ref.owner}@v{ref.version}" for _, ref in self.loaded.values()]
 
 
+class Backoff:
+    """Capped, doubling waits between retries of a Redis call that failed (reset by a success)."""
+
+    def __init__(self, first_s: float = 0.25, cap_s: float = 8.0):
+        self.first_s, self.cap_s = first_s, cap_s
+        self.next_s = first_s
+
+    def wait(self, stopping: threading.Event) -> None:
+        stopping.wait(self.next_s)
+        self.next_s = min(self.next_s * 2, self.cap_s)
+
+    def reset(self) -> None:
+        self.next_s = self.first_s
+
+
+REDIS_ERRORS = (OSError, redis.RedisError)
+
+
 class Worker:
     def __init__(self, settings: WorkerSettings):
         self.settings = settings
         self.name = settings.name
         self.queue = EpisodeQueue(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s,
-                                  max_attempts=settings.max_attempts)
+                                  max_attempts=settings.max_attempts,
+                                  episode_deadline_s=settings.episode_deadline_s)
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
         endpoints = SearchEndpoints(
             retriever_url=settings.retriever_url, simulator_url=settings.simulator_url, api_key=api_key,
@@ -122,7 +152,8 @@ class Worker:
         self._count_lock = threading.Lock()
         self.lane = RemoteLane(self.name, self.queue, endpoints, capacity=settings.remote_inflight,
                                judge_url=settings.judge_url, judge_timeout_s=settings.judge_timeout_s,
-                               generate_timeout_s=settings.generate_timeout_s, on_done=self._count)
+                               generate_timeout_s=settings.generate_timeout_s, on_done=self._count,
+                               write=self.write)
         self.judge = (JudgeClient(settings.judge_url, api_key, timeout_s=settings.judge_timeout_s)
                       if settings.judge_url else None)
         self.policies = Policies(settings)
@@ -131,18 +162,21 @@ class Worker:
         self.stopping = threading.Event()
         self.completed = 0
         self.weight_sync_failures = 0  # episodes re-queued because the rollout server kept its old weights
+        self.redis_errors = 0  # Redis calls that failed and were retried
         self._registered: list[str] = []
+        self._expired: set[str] = set()  # entries past their deadline (logged once)
 
     # -- loop -------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until stopped (or ``max_episodes``); returns the number of episodes completed."""
         self.policies.get(self.policies.default())  # fail at start, not at the first episode, on a bad model
-        self._register()
+        self.write(self._register, "register")
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         heartbeat.start()
         log.info("%s ready: batch %d, visibility %.0fs", self.name, self.settings.batch_size,
                  self.settings.visibility_timeout_s)
         limit = self.settings.max_episodes
+        backoff = Backoff()
         while not self.stopping.is_set() and (limit is None or self._more_wanted(limit)):
             count = min(self.settings.batch_size, self.lane.free())
             if limit is not None:
@@ -150,20 +184,59 @@ class Worker:
             if count <= 0:  # the remote lane is full (or has the last episodes): wait for a slot
                 self.lane.wait_free(self.settings.block_ms / 1000)
                 continue
-            deliveries = self.queue.claim(self.name, count, self.settings.block_ms)
-            if 0 < len(deliveries) < count and self.settings.batch_wait_ms:
-                time.sleep(self.settings.batch_wait_ms / 1000)  # episodes enqueued together arrive one by one
-                deliveries += self.queue.claim(self.name, count - len(deliveries), 0)
+            try:
+                deliveries = self._claim(count)
+            except REDIS_ERRORS as exc:  # Redis is down or restarting: wait and reconnect, never exit
+                self.redis_errors += 1
+                log.warning("%s: Redis unavailable (%s: %s); retrying in %.2fs", self.name, type(exc).__name__,
+                            exc, backoff.next_s)
+                backoff.wait(self.stopping)
+                continue
+            backoff.reset()
             if deliveries:
                 self.process(deliveries)
         self.lane.close()
         self.stopping.set()
         heartbeat.join(timeout=5)
-        self.queue.unregister_worker(self.name)
+        try:
+            self.queue.unregister_worker(self.name)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not unregister: %s", self.name, exc)
         self.search.close()
         self.queue.close()
         log.info("%s stopped after %d episodes", self.name, self.completed)
         return self.completed
+
+    def _claim(self, count: int) -> list[Delivery]:
+        """A reclaimed episode alone (it may be the one that killed its last worker), else a batch of new ones."""
+        reclaimed = self.queue.reclaim(self.name, 1)
+        if reclaimed:
+            return reclaimed
+        deliveries = self.queue.read(self.name, count, self.settings.block_ms)
+        if 0 < len(deliveries) < count and self.settings.batch_wait_ms:
+            time.sleep(self.settings.batch_wait_ms / 1000)  # episodes enqueued together arrive one by one
+            deliveries += self.queue.read(self.name, count - len(deliveries), 0)
+        return deliveries
+
+    def write(self, call: Callable[[], T], what: str) -> T | None:
+        """``call()`` (a queue write), retried with backoff while Redis is unavailable.
+
+        Gives up (None) after ``WORKER_REDIS_RETRY_S``: the episode's entry is still pending then, so
+        another worker reclaims and re-runs it; nothing is lost, at worst done twice (and written once)."""
+        backoff = Backoff()
+        deadline = time.monotonic() + self.settings.redis_retry_s
+        while True:
+            try:
+                return call()
+            except REDIS_ERRORS as exc:
+                self.redis_errors += 1
+                if time.monotonic() > deadline:
+                    log.error("%s: %s failed for %.0fs, giving up (%s); the episode will be reclaimed",
+                              self.name, what, self.settings.redis_retry_s, exc)
+                    return None
+                log.warning("%s: %s failed (%s: %s); retrying in %.2fs", self.name, what, type(exc).__name__, exc,
+                            backoff.next_s)
+                backoff.wait(threading.Event())
 
     def _more_wanted(self, limit: int) -> bool:
         """Whether to claim more under ``max_episodes`` (the lane's in-flight episodes count as done)."""
@@ -202,17 +275,19 @@ class Worker:
                       policy.owner, policy.version, len(group), exc)
             self.weight_sync_failures += len(group)
             for d in group:
-                self.queue.fail(d, f"weight sync of {policy.owner}@v{policy.version}: {exc}", self.name)
-            self._register()
+                self.write(partial(self.queue.fail, d, f"weight sync of {policy.owner}@v{policy.version}: {exc}",
+                                   self.name), "fail")
+            self.write(self._register, "register")
             return
         except (OSError, ValueError) as exc:  # a policy that does not load fails its episodes, not the worker
             log.error("%s: policy %s v%d (%s) did not load: %s", self.name, policy.owner, policy.version,
                       policy.path, exc)
             for d in group:
-                self.queue.fail(d, f"policy {policy.path!r} did not load: {type(exc).__name__}: {exc}", self.name)
+                error = f"policy {policy.path!r} did not load: {type(exc).__name__}: {exc}"
+                self.write(partial(self.queue.fail, d, error, self.name), "fail")
             return
         if self.policies.names() != self._registered:  # a policy loaded or evicted: say so now, not at the next beat
-            self._register()
+            self.write(self._register, "register")
         try:
             runner = AgentRunner(backend, self.search, self.judge, self.name, policy.version)
             results = runner.run([d.request for d in group])
@@ -224,13 +299,13 @@ class Worker:
                     self._run_group(policy, [d])
                 return
             log.exception("%s: episode %s raised", self.name, group[0].request.episode_id)
-            self.queue.fail(group[0], f"{type(exc).__name__}: {exc}", self.name)
+            self.write(partial(self.queue.fail, group[0], f"{type(exc).__name__}: {exc}", self.name), "fail")
             return
         log.info("%s ran %d episode(s) of %s@v%d in %.1fs: %d policy tokens, %d searches (%d failed)", self.name,
                  len(group), policy.owner, policy.version, time.monotonic() - started, sum(sum(r.loss_mask) for r in results), sum(r.searches for r in results),
                  sum(r.search_failures for r in results))
         for d, result in zip(group, results, strict=True):
-            if not self.queue.complete(d, result):
+            if self.write(partial(self.queue.complete, d, result), "complete") is False:
                 log.info("%s: episode %s already had a result; this run was dropped", self.name,
                          d.request.episode_id)
             self._count()
@@ -239,9 +314,14 @@ class Worker:
         interval = self.settings.heartbeat_interval_s
         while not self.stopping.wait(interval):
             with self._inflight_lock:
-                ids = [d.entry_id for d in self._inflight] + self.lane.entry_ids()
+                inflight = self._inflight + self.lane.deliveries()
             try:
-                self.queue.touch(self.name, ids)
+                for d in self.queue.heartbeat(self.name, inflight):
+                    if d.entry_id not in self._expired:
+                        self._expired.add(d.entry_id)
+                        log.warning("%s: episode %s/%s is past its deadline (%.0fs); no longer refreshed, so "
+                                    "another worker may reclaim it", self.name, d.request.job_id,
+                                    d.request.episode_id, self.settings.episode_deadline_s)
                 self._register()
             except (OSError, redis.RedisError) as exc:
                 log.warning("%s heartbeat failed: %s", self.name, exc)

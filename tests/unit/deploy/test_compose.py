@@ -377,3 +377,19 @@ def test_gpu_profile_runs_a_ray_cluster_for_verl(model: dict[str, Any]) -> None:
     assert address is not None and dns_names(services)[address["host"]] == "ray-head"
     assert "ray-head" not in active(model, "cpu") and "TRAINER_RAY_ADDRESS" not in service_env(
         model["services"]["trainer-cpu"])
+
+
+def test_redis_memory_is_capped_below_its_limit_and_never_evicts(model: dict[str, Any]) -> None:
+    """Issue 18: without maxmemory Redis grows until the container is OOM-killed; with an evicting
+    policy queue data would vanish silently. noeviction makes a full Redis refuse writes loudly."""
+    redis = model["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    cap = _bytes(command[command.index("--maxmemory") + 1])
+    assert 0 < cap < _bytes(redis["deploy"]["resources"]["limits"]["memory"])
+
+
+def _bytes(size: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    size = size.lower().rstrip("b").rstrip("i")
+    return int(float(size[:-1]) * units[size[-1]]) if size[-1] in units else int(size)

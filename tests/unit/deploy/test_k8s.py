@@ -320,6 +320,10 @@ def test_redis_is_a_persistent_statefulset(rendered: dict[str, list[Manifest]], 
     redis = by_kind(docs, "StatefulSet")["redis"]
     (container,) = containers(redis)
     assert container["args"][container["args"].index("--appendonly") + 1] == "yes"
+    # issue 18: a memory cap below the container limit, and a full Redis refuses writes, never evicts
+    assert container["args"][container["args"].index("--maxmemory-policy") + 1] == "noeviction"
+    cap = _bytes(container["args"][container["args"].index("--maxmemory") + 1])
+    assert 0 < cap < _bytes(container["resources"]["limits"]["memory"])
     (claim,) = redis["spec"]["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
     assert by_kind(docs, "Service")["redis"]["spec"]["ports"][0]["port"] == 6379
@@ -415,3 +419,9 @@ def test_vendored_kuberay_crd_is_the_documented_one() -> None:
     path = CRDS[("ray.io/v1", "RayCluster")]
     assert hashlib.sha256(gzip.open(path).read()).hexdigest() in readme
     assert (REPO / "deploy" / "schemas" / "LICENSE.kuberay").read_text().lstrip().startswith("Apache License")
+
+
+def _bytes(size: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    size = size.lower().rstrip("b").rstrip("i")
+    return int(float(size[:-1]) * units[size[-1]]) if size[-1] in units else int(size)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import cast
 
 import pytest
+import redis
 
-from services.trainer.rollout.queue import DEAD, EpisodeQueue, results_key
-from shared.processes import Proc
+from services.trainer.rollout.queue import DEAD, EpisodeQueue, job_key, results_key
+from shared.processes import Proc, start_redis
 from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeSampling, PolicyRef
 
 
@@ -95,6 +98,87 @@ def test_an_episode_whose_workers_keep_dying_is_dead_lettered(private_redis: Pro
     assert len(q.dead_letters()) == 1
     [res] = q.all_results("job5")
     assert res.finish_reason == "error" and "delivered 2 times" in (res.error or "")
+
+
+def test_a_lost_consumer_group_is_recreated_instead_of_raising(private_redis: Proc) -> None:
+    """Issue 18: Redis restarted without its data -> NOGROUP on every read, which killed the worker."""
+    q = EpisodeQueue(private_redis.url)
+    q.redis.flushall()  # the queue's data (and its consumer group) is gone
+    assert q.claim("w", 2, block_ms=100) == []  # re-creates the group rather than raising NOGROUP
+    q.enqueue([req("job-nogroup", 0)])
+    [d] = q.claim("w", 2, block_ms=100)
+    assert q.complete(d, result_of(d.request))
+    assert [r.episode_id for r in q.all_results("job-nogroup")] == ["ep0"]
+
+
+def test_a_hung_episode_is_reclaimed_after_its_deadline_despite_the_heartbeat(private_redis: Proc) -> None:
+    """Issue 18: a worker hung mid-episode kept beating, so its episode was never reclaimed."""
+    q = EpisodeQueue(private_redis.url, visibility_timeout_s=0.4, episode_deadline_s=1.0)
+    q.enqueue([req("job-hung", 0)])
+    [d] = q.claim("hung", 1, block_ms=100)
+    other = EpisodeQueue(private_redis.url, visibility_timeout_s=0.4)
+    taken = []
+    for _ in range(25):  # the hung worker's heartbeat thread beats on, every 0.1 s
+        q.heartbeat("hung", [d])
+        taken = other.claim("live", 1, block_ms=0)
+        if taken:
+            break
+        time.sleep(0.1)
+    assert [t.request.episode_id for t in taken] == ["ep0"]  # reclaimed although "hung" still beats
+    assert taken[0].reclaimed and taken[0].attempt == 2
+    assert q.heartbeat("hung", [d]) == [d]  # past its deadline: reported, not refreshed
+    assert other.complete(taken[0], result_of(d.request, "live"))
+    assert not q.complete(d, result_of(d.request, "hung"))  # the hung worker's late result is dropped
+    assert [r.worker for r in q.all_results("job-hung")] == ["live"]
+
+
+def test_heartbeat_within_the_deadline_still_refreshes(private_redis: Proc) -> None:
+    q = EpisodeQueue(private_redis.url, visibility_timeout_s=0.6, episode_deadline_s=30.0)
+    q.enqueue([req("job-beat", 0)])
+    [d] = q.claim("slow", 1, block_ms=100)
+    for _ in range(3):
+        time.sleep(0.3)
+        assert q.heartbeat("slow", [d]) == []
+    assert q.claim("other", 1, block_ms=100) == []
+
+
+def test_a_jobs_keys_expire_after_its_last_write(private_redis: Proc) -> None:
+    """Issue 18: a job nobody finished (trainer died, an eval) kept its requests and results forever."""
+    q = EpisodeQueue(private_redis.url, job_ttl_s=600)
+    q.enqueue([req("job-ttl", i) for i in range(2)])
+    for d in q.claim("w", 2, block_ms=100):
+        q.complete(d, result_of(d.request))
+    for key in (job_key("job-ttl", "requests"), job_key("job-ttl", "attempts"), job_key("job-ttl", "done"),
+                results_key("job-ttl")):
+        assert 0 < int(q.redis.ttl(key)) <= 600, key
+
+
+def test_the_dead_letter_stream_is_bounded(private_redis: Proc) -> None:
+    q = EpisodeQueue(private_redis.url, max_attempts=1, dead_maxlen=3)
+    q.enqueue([req("job-dead", i) for i in range(6)])
+    for d in q.claim("w", 6, block_ms=100):
+        q.fail(d, "RuntimeError: poison", "w")
+    assert [d["episode"] for d in q.dead_letters()] == ["ep3", "ep4", "ep5"]  # the newest kept
+    assert len(q.all_results("job-dead")) == 6  # every episode still got its error result
+
+
+def test_a_full_redis_refuses_new_episodes_and_evicts_none(logs_dir: Path) -> None:
+    """Issue 18: no maxmemory. Now the cap is set with noeviction: the write that does not fit fails
+    loudly, and every episode queued before it is still there."""
+    server = start_redis(log_dir=logs_dir, maxmemory="8mb")
+    try:
+        q = EpisodeQueue(server.url)
+        config = cast(dict[str, str], q.redis.config_get("maxmemory*"))
+        assert config["maxmemory-policy"] == "noeviction" and int(config["maxmemory"]) == 8 * 1024 * 1024
+        added = 0
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            for batch in range(1000):
+                added += q.enqueue([req("job-full", batch * 10 + i, question="q" * 20_000) for i in range(10)])
+        assert added > 0
+        assert q.redis.hlen(job_key("job-full", "requests")) >= added  # nothing evicted
+        assert q.stats()["waiting"] >= added
+    finally:
+        server.stop()
 
 
 def test_stale_results_are_dropped_and_requeued(private_redis: Proc) -> None:
