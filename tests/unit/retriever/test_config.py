@@ -24,9 +24,30 @@ def test_env_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("env", [{"RETRIEVER_DEFAULT_TOPK": "9", "RETRIEVER_MAX_TOPK": "5"},
                                  {"RETRIEVER_MAX_BATCH": "0"}, {"RETRIEVER_DEFAULT_MODE": "semantic"},
-                                 {"RETRIEVER_INDEX_TYPE": "ivf"}])
+                                 {"RETRIEVER_INDEX_TYPE": "ivf"}, {"RETRIEVER_DEVICE": "tpu"},
+                                 {"RETRIEVER_DEVICE": "cuda:x"}, {"RETRIEVER_MAX_WAITING_BATCHES": "0"}])
 def test_bad_settings_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):
         RetrieverSettings()
+
+
+def test_search_processes_and_threads_share_out_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setenv("RETRIEVER_DEVICE", "cpu")
+    s = RetrieverSettings()
+    assert (s.process_count(), s.search_threads()) == (7, 1)  # one core left to HTTP
+    monkeypatch.setenv("RETRIEVER_SEARCH_PROCESSES", "2")
+    assert (RetrieverSettings().process_count(), RetrieverSettings().search_threads()) == (2, 3)
+    monkeypatch.setenv("RETRIEVER_THREADS", "4")
+    assert RetrieverSettings().search_threads() == 4
+    monkeypatch.setenv("RETRIEVER_SEARCH_PROCESS", "false")
+    assert RetrieverSettings().process_count() == 0
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.delenv("RETRIEVER_SEARCH_PROCESSES")
+    monkeypatch.delenv("RETRIEVER_THREADS")
+    monkeypatch.delenv("RETRIEVER_SEARCH_PROCESS")
+    assert (RetrieverSettings().process_count(), RetrieverSettings().search_threads()) == (1, 1)
+    monkeypatch.setenv("RETRIEVER_DEVICE", "cuda")
+    assert RetrieverSettings().process_count() == 1  # one GPU: one process batches for it
