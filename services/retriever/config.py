@@ -80,7 +80,13 @@ class RetrieverSettings(ServiceSettings):
 
     def search_threads(self) -> int:
         """torch + FAISS threads in each search process: ``threads``, else the cores shared out
-        between the processes, one at the least (in-process: all cores but one)."""
+        between the processes, one at the least (in-process: all cores but one).
+
+        Parallelism comes from processes, not threads: torch ends every op of a forward in a
+        barrier, and on cores HTTP (and here the load client) also use, a descheduled thread stalls
+        it. Measured on this 2-core machine under load: 4.4 CPU ms per query on one thread vs
+        19-32 on two (batches of 64 and 27), the share that made single-query traffic cost
+        8.7 ms per query against 5 ms in client batches (bench/retriever.py)."""
         if self.threads:
             return self.threads
         cores = os.cpu_count() or 1
