@@ -21,6 +21,22 @@ def gpu_present() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container's
+    ``limits.cpu``: ``os.cpu_count()`` would say the node's 64 and start 63 search processes)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for path, parse in ((Path("/sys/fs/cgroup/cpu.max"), lambda t: t.split()),  # cgroup v2: "<quota> <period>"
+                        (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), lambda t: [t.strip(), "100000"])):  # v1
+        try:
+            quota, period = parse(path.read_text())[:2]
+        except (OSError, ValueError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+        break
+    return max(1, cores)
+
+
 def default_index_dir(name: str) -> Path:
     """Where index ``name`` lives unless told otherwise: ``<cache>/indexes/<name>``."""
     return cache_dir() / "indexes" / name
@@ -76,7 +92,7 @@ class RetrieverSettings(ServiceSettings):
             return self.search_processes
         if self.device.startswith("cuda") or (self.device == "auto" and gpu_present()):
             return 1
-        return max(1, (os.cpu_count() or 1) - 1)
+        return max(1, usable_cores() - 1)
 
     def search_threads(self) -> int:
         """torch + FAISS threads in each search process: ``threads``, else the cores shared out
@@ -89,7 +105,7 @@ class RetrieverSettings(ServiceSettings):
         8.7 ms per query against 5 ms in client batches (bench/retriever.py)."""
         if self.threads:
             return self.threads
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         n = self.process_count()
         return max(1, cores - 1) if n == 0 else max(1, (cores - 1) // n)
 

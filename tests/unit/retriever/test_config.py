@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_bad_settings_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, env: dic
 
 
 def test_search_processes_and_threads_share_out_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("services.retriever.config.usable_cores", lambda: 8)
     monkeypatch.setenv("RETRIEVER_DEVICE", "cpu")
     s = RetrieverSettings()
     assert (s.process_count(), s.search_threads()) == (7, 1)  # one core left to HTTP
@@ -44,10 +45,16 @@ def test_search_processes_and_threads_share_out_the_cores(monkeypatch: pytest.Mo
     assert RetrieverSettings().search_threads() == 4
     monkeypatch.setenv("RETRIEVER_SEARCH_PROCESS", "false")
     assert RetrieverSettings().process_count() == 0
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("services.retriever.config.usable_cores", lambda: 2)
     monkeypatch.delenv("RETRIEVER_SEARCH_PROCESSES")
     monkeypatch.delenv("RETRIEVER_THREADS")
     monkeypatch.delenv("RETRIEVER_SEARCH_PROCESS")
     assert (RetrieverSettings().process_count(), RetrieverSettings().search_threads()) == (1, 1)
     monkeypatch.setenv("RETRIEVER_DEVICE", "cuda")
     assert RetrieverSettings().process_count() == 1  # one GPU: one process batches for it
+
+
+def test_usable_cores_are_at_most_the_affinity() -> None:
+    from services.retriever.config import usable_cores
+
+    assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
