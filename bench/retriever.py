@@ -17,8 +17,9 @@
 5. The search-process hop: the same httpx runs at c=1 and c=64 against a server that searches in
    its HTTP process (``RETRIEVER_SEARCH_PROCESS=false``).
 
-Per run: req/s, latency p50/p99/p99.9 of the answered requests, errors, the batch sizes the server
-formed (from its ``/metrics``), the server's CPU time per query (HTTP process + search processes,
+Per run: req/s, latency p50/p99/p99.9 of the answered requests as the client saw them, the server's
+own p99 (the bucket of its ``/retrieve`` latency histogram: what is left is the client's own
+queueing), errors, the batch sizes the server formed (from its ``/metrics``), the server's CPU time per query (HTTP process + search processes,
 from /proc) and the client's own CPU time per request: the load client shares the cores with the
 server, and these CPU figures say how much of the machine each side took. ``--build`` adds the
 index build speed (length-sorted vs corpus order). Ends with one ``BENCH`` line.
@@ -65,6 +66,16 @@ class Run:
     server_cpu_s: float
     batches: dict[float, float]  # batch-size histogram bucket (upper bound) -> batches in it
     queries: int  # queries the requests carried
+    server_latency: dict[float, float]  # the server's own /retrieve latency histogram, cumulative, seconds
+
+    def server_p99_ms(self) -> float:
+        """The server-side p99 (the histogram bucket it falls in, upper bound): time in the service,
+        not in the client's own queue."""
+        total = self.server_latency.get(float("inf"), 0.0)
+        for bound in sorted(self.server_latency):
+            if total and self.server_latency[bound] >= 0.99 * total:
+                return 1000 * bound
+        return float("nan")
 
     @property
     def rps(self) -> float:
@@ -226,17 +237,29 @@ def batch_histogram(url: str) -> dict[float, float]:
     return out
 
 
+def server_latency(url: str) -> dict[float, float]:
+    """The server's cumulative ``/retrieve`` latency histogram (seconds -> requests at or below)."""
+    out: dict[float, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("searchlab_request_seconds_bucket") and 'route="/retrieve"' in line:
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def measure(proc: Proc, client: str, bodies: list[dict[str, Any]], concurrency: int) -> Run:
+    before_latency = server_latency(proc.url)
     before_batches, cpu0, client0 = batch_histogram(proc.url), process_cpu_s(proc.popen.pid), time.process_time()
     latencies: list[float] = []
     start = time.perf_counter()
     errors = _drive(client, proc.url, bodies, concurrency, latencies)
     seconds = time.perf_counter() - start
     after = batch_histogram(proc.url)
+    after_latency = server_latency(proc.url)
     queries = sum(len(b["queries"]) for b in bodies)
     return Run(len(bodies), seconds, latencies, errors, time.process_time() - client0,
                process_cpu_s(proc.popen.pid) - cpu0, {k: after[k] - before_batches.get(k, 0.0) for k in after},
-               queries)
+               queries, {k: v - before_latency.get(k, 0.0) for k, v in after_latency.items()})
 
 
 def start(index_dir: Path, env: dict[str, str], name: str) -> Proc:
@@ -248,12 +271,13 @@ def start(index_dir: Path, env: dict[str, str], name: str) -> Proc:
 
 def row(label: str, c: int, run: Run) -> str:
     return (f"| {label} | {c} | {run.rps:.1f} | {run.pct(0.5):.1f} | {run.pct(0.99):.1f} | {run.pct(0.999):.1f} "
-            f"| {run.errors} | {run.mean_batch:.1f} | {run.histogram()} | {1000 * run.server_cpu_s / run.queries:.2f} "
+            f"| {run.server_p99_ms():.0f} | {run.errors} | {run.mean_batch:.1f} | {run.histogram()} "
+            f"| {1000 * run.server_cpu_s / run.queries:.2f} "
             f"| {1000 * run.client_cpu_s / run.requests:.2f} |")
 
 
-HEADER = ("| client | c | req/s | p50 ms | p99 ms | p99.9 ms | errors | mean batch | batches by size "
-          "| server CPU ms/query | client CPU ms/req |\n|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| client | c | req/s | p50 ms | p99 ms | p99.9 ms | server p99 ≤ ms | errors | mean batch | batches by size "
+          "| server CPU ms/query | client CPU ms/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def build_speed(corpus: Path, sample_size: int) -> str:
@@ -339,7 +363,8 @@ def main() -> None:
         h1, h64 = runs["httpx", 1], runs["httpx", 64]
         fields.update(rps_c64_httpx=h64.rps, ceiling_qps=ceiling_qps, c64_vs_ceiling=h64.rps / ceiling_qps,
                       p99_ms_c64_httpx=h64.pct(0.99), p50_ms_c1_httpx=h1.pct(0.5), rps_c1_httpx=h1.rps,
-                      errors_c64_httpx=h64.errors, mean_batch_c64_httpx=h64.mean_batch)
+                      server_p99_ms_c64_httpx=h64.server_p99_ms(), errors_c64_httpx=h64.errors,
+                      mean_batch_c64_httpx=h64.mean_batch)
     fields.update(ceiling_qps=ceiling_qps, search_processes=processes)
     for client in args.clients:
         fields[f"rps_c64_{client}"] = runs[client, 64].rps
