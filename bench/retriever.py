@@ -1,21 +1,28 @@
-"""Retriever throughput: micro-batched service vs unbatched service vs the in-process ceiling.
+"""Retriever under the clients people really use, against the same server's client-batched ceiling.
 
-    .venv/bin/python bench/retriever.py [--threads 1] [--full-build]
+    .venv/bin/python bench/retriever.py [--requests 300 800 2000 2560] [--env RETRIEVER_X=y ...] [--build]
 
 1. Index: the 17,600-passage corpus with MiniLM + FAISS Flat + BM25, built once under
    ``<cache>/indexes/wiki_passages-flat`` (reused while the corpus is unchanged).
-2. Build speed, length-sorted vs corpus order, same run: on a 1,000-passage sample spread over
-   the corpus (``--full-build``: on all 17,600 passages, ~10+ minutes on 2 shared cores).
-3. The service on loopback, result cache off, verl-shaped single-query requests
-   (``{"queries": [q], "topk": 3, "return_scores": true}``, HotpotQA dev questions) at
-   concurrency 1, 8 and 64: (a) micro-batching on, (b) micro-batching off.
-4. (c) the in-process ceiling: one process, batches of 64 questions, encode + FAISS search.
+2. The service on loopback with its default settings (``--env`` overrides), result cache off.
+3. Ceiling: the same server, 64 HotpotQA questions per request, two requests per search process
+   in flight: the queries/s the index answers when clients batch for it.
+4. Single-question requests (``{"queries": [q], "topk": 3, "return_scores": true}``, HotpotQA dev
+   questions), closed loops at concurrency 1, 8, 64 and 256, through three clients:
+   ``httpx`` (an ``httpx.AsyncClient``, responses parsed, as rollout code does), ``verl`` (verl's
+   own ``perform_single_search_batch`` from threads: ``requests``, a connection per call, its
+   retries on 5xx) and ``raw`` (a minimal keep-alive client on asyncio streams: the server's cost
+   with the least client in the way). A 503 counts as an error; the client then waits its
+   ``Retry-After`` (verl's own back-off for verl), as a polite client does.
+5. The search-process hop: the same httpx runs at c=1 and c=64 against a server that searches in
+   its HTTP process (``RETRIEVER_SEARCH_PROCESS=false``).
 
-The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams so that the client
-takes little of the CPU the service needs (they share the machine). Besides wall-clock figures,
-the bench reports CPU time per request of the server process (and per query / per passage in
-process): on a machine other work shares, those ratios stay meaningful when wall-clock ones do not.
-Ends with one ``BENCH`` line.
+Per run: req/s, latency p50/p99/p99.9 of the answered requests as the client saw them, the server's
+own p99 (the bucket of its ``/retrieve`` latency histogram: what is left is the client's own
+queueing), errors, the batch sizes the server formed (from its ``/metrics``), the server's CPU time per query (HTTP process + search processes,
+from /proc) and the client's own CPU time per request: the load client shares the cores with the
+server, and these CPU figures say how much of the machine each side took. ``--build`` adds the
+index build speed (length-sorted vs corpus order). Ends with one ``BENCH`` line.
 """
 
 from __future__ import annotations
@@ -23,61 +30,175 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import random
-import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from services.retriever.engine import Retriever, set_threads
+import httpx
+
 from services.retriever.index import BuildOptions, RunOptions, build_index, ensure_index
 from shared.config import cache_dir, corpus_path
 from shared.data import dataset_path, open_text, read_jsonl
-from shared.processes import start_service
+from shared.processes import Proc, start_service
 
-CONCURRENCY = (1, 8, 64)
-
-
-# --------------------------------------------------------------------------- load generator
-
-
-async def _post_loop(host: str, port: int, bodies: list[bytes], next_index: list[int], latencies: list[float]) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        while next_index[0] < len(bodies):
-            body = bodies[next_index[0]]
-            next_index[0] += 1
-            head = (f"POST /retrieve HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                    f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-            start = time.perf_counter()
-            writer.write(head + body)
-            headers = await reader.readuntil(b"\r\n\r\n")
-            status = int(headers.split(b" ", 2)[1])
-            length = next(int(line.split(b":", 1)[1]) for line in headers.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))
-            payload = await reader.readexactly(length)
-            latencies.append(time.perf_counter() - start)
-            if status != 200:
-                raise RuntimeError(f"HTTP {status}: {payload[:300]!r}")
-    finally:
-        writer.close()
+CONCURRENCY = (1, 8, 64, 256)
+CLIENTS = ("httpx", "verl", "raw")
+CEILING_BATCH = 64
 
 
-async def _load(url: str, questions: list[str], concurrency: int) -> tuple[float, float, float]:
+@dataclass
+class Run:
+    """One closed-loop run: what the clients saw and what the server did."""
+
+    requests: int
+    seconds: float
+    latencies: list[float]  # seconds, answered requests only
+    errors: int
+    client_cpu_s: float
+    server_cpu_s: float
+    batches: dict[float, float]  # batch-size histogram bucket (upper bound) -> batches in it
+    queries: int  # queries the requests carried
+    server_latency: dict[float, float]  # the server's own /retrieve latency histogram, cumulative, seconds
+
+    def server_p99_ms(self) -> float:
+        """The server-side p99 (the histogram bucket it falls in, upper bound): time in the service,
+        not in the client's own queue."""
+        total = self.server_latency.get(float("inf"), 0.0)
+        for bound in sorted(self.server_latency):
+            if total and self.server_latency[bound] >= 0.99 * total:
+                return 1000 * bound
+        return float("nan")
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        s = sorted(self.latencies)
+        return 1000 * s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
+
+    @property
+    def mean_batch(self) -> float:
+        n = sum(count for bound, count in self.batches.items() if bound > 0)
+        return self.batches.get(-1.0, 0.0) / n if n else float("nan")
+
+    def histogram(self) -> str:
+        return " ".join(f"≤{int(le)}:{int(n)}" for le, n in sorted(self.batches.items()) if le > 0 and n)
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def _body(questions: list[str]) -> dict[str, Any]:
+    return {"queries": questions, "topk": 3, "return_scores": True}
+
+
+async def _httpx_loop(url: str, bodies: list[dict[str, Any]], concurrency: int, out: list[float]) -> int:
+    errors = 0
+    next_i = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+
+        async def worker() -> None:
+            nonlocal errors, next_i
+            while next_i < len(bodies):
+                body = bodies[next_i]
+                next_i += 1
+                start = time.perf_counter()
+                response = await client.post("/retrieve", json=body)
+                if response.status_code == 200:
+                    response.json()["result"]
+                    out.append(time.perf_counter() - start)
+                else:
+                    errors += 1
+                    await asyncio.sleep(float(response.headers.get("retry-after", 1)))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return errors
+
+
+async def _raw_loop(url: str, bodies: list[dict[str, Any]], concurrency: int, out: list[float]) -> int:
     host, port = url.removeprefix("http://").split(":")
-    bodies = [json.dumps({"queries": [q], "topk": 3, "return_scores": True}).encode() for q in questions]
-    latencies: list[float] = []
-    next_index = [0]
-    start = time.perf_counter()
-    await asyncio.gather(*(_post_loop(host, int(port), bodies, next_index, latencies) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    latencies.sort()
-    return len(bodies) / elapsed, 1000 * statistics.median(latencies), 1000 * latencies[int(0.99 * (len(latencies) - 1))]
+    payloads = [json.dumps(b).encode() for b in bodies]
+    errors = 0
+    next_i = 0
+
+    async def worker() -> None:
+        nonlocal errors, next_i
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while next_i < len(payloads):
+                body = payloads[next_i]
+                next_i += 1
+                head = (f"POST /retrieve HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode()
+                start = time.perf_counter()
+                writer.write(head + body)
+                headers = await reader.readuntil(b"\r\n\r\n")
+                fields = {k.strip().lower(): v.strip() for k, _, v in
+                          (line.partition(b":") for line in headers.split(b"\r\n")[1:] if line)}
+                await reader.readexactly(int(fields[b"content-length"]))
+                if headers.split(b" ", 2)[1] == b"200":
+                    out.append(time.perf_counter() - start)
+                else:
+                    errors += 1
+                    await asyncio.sleep(float(fields.get(b"retry-after", b"1")))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return errors
+
+
+def _verl_loop(url: str, bodies: list[dict[str, Any]], concurrency: int, out: list[float]) -> int:
+    from verl.tools.utils.search_r1_like_utils import perform_single_search_batch
+
+    logging.getLogger("verl.tools.utils.search_r1_like_utils").setLevel(logging.CRITICAL)  # one line per retry
+    lock = threading.Lock()
+    state = {"next": 0, "errors": 0}
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if state["next"] >= len(bodies):
+                    return
+                body = bodies[state["next"]]
+                state["next"] += 1
+            start = time.perf_counter()
+            _, meta = perform_single_search_batch(url + "/retrieve", body["queries"], topk=3)
+            elapsed = time.perf_counter() - start
+            with lock:
+                if meta["status"] == "success":
+                    out.append(elapsed)
+                else:
+                    state["errors"] += 1
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(worker) for _ in range(concurrency)]:
+            future.result()
+    return state["errors"]
+
+
+def _drive(client: str, url: str, bodies: list[dict[str, Any]], concurrency: int, out: list[float]) -> int:
+    if client == "verl":
+        return _verl_loop(url, bodies, concurrency, out)
+    loop: Callable[..., object] = _httpx_loop if client == "httpx" else _raw_loop
+    return asyncio.run(loop(url, bodies, concurrency, out))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the server's side
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants (the search process), from /proc."""
+    """User + system CPU seconds of a process and its live descendants (the search processes), from /proc."""
     stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, CPU seconds)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -86,129 +207,174 @@ def process_cpu_s(pid: int) -> float:
             except OSError:
                 continue
             stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-    tree, total, grew = {pid}, 0.0, True
+    tree, grew = {pid}, True
     while grew:
         grew = False
         for child, (parent, _) in stats.items():
             if parent in tree and child not in tree:
                 tree.add(child)
                 grew = True
-    for member in tree:
-        total += stats.get(member, (0, 0.0))[1]
-    return total
+    return sum(stats.get(member, (0, 0.0))[1] for member in tree)
 
 
-def run_service(index_dir: Path, microbatch: bool, threads: int, questions: list[str],
-                requests: dict[int, int]) -> dict[int, tuple[float, float, float, float]]:
-    env = {"RETRIEVER_INDEX_DIR": str(index_dir), "RETRIEVER_MICROBATCH": str(microbatch).lower(),
-           "RETRIEVER_CACHE_SIZE": "0", "RETRIEVER_THREADS": str(threads), "RETRIEVER_LOG_LEVEL": "warning",
-           "RETRIEVER_BUILD_IF_MISSING": "false"}  # threads 0: the service's default
-    proc = start_service("retriever", env, log_dir=cache_dir() / "logs" / "bench-retriever")
-    try:
-        asyncio.run(_load(proc.url, questions[:32], 8))  # warm-up
-        out = {}
-        for c in CONCURRENCY:
-            n = requests[c]
-            cpu0 = process_cpu_s(proc.popen.pid)
-            rps, p50, p99 = asyncio.run(_load(proc.url, [questions[i % len(questions)] for i in range(n)], c))
-            cpu_ms = 1000 * (process_cpu_s(proc.popen.pid) - cpu0) / n
-            out[c] = (rps, p50, p99, cpu_ms)
-            print(f"  {'batched' if microbatch else 'unbatched'} c={c:<3} {rps:7.1f} req/s  "
-                  f"p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  server CPU {cpu_ms:6.2f} ms/request", flush=True)
-        return out
-    finally:
-        proc.stop()
+def batch_histogram(url: str) -> dict[float, float]:
+    """The server's batch-size histogram, per bucket (not cumulative); key -1: the sum of sizes."""
+    cumulative: dict[float, float] = {}
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("searchlab_retriever_batch_size_bucket"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            if bound != "+Inf":
+                cumulative[float(bound)] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("searchlab_retriever_batch_size_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+    out: dict[float, float] = {}
+    below = 0.0
+    for le in sorted(cumulative):
+        out[le] = cumulative[le] - below
+        below = cumulative[le]
+    out[-1.0] = total
+    return out
 
 
-def ceiling(index_dir: Path, threads: int, questions: list[str]) -> tuple[float, float]:
-    """(queries/s, CPU ms per query) of encode + search in this process, batches of 64."""
-    set_threads(threads, reserve=0)  # as the service's search process does
-    retriever = Retriever.load(index_dir)
-    try:
-        retriever.search(questions[:64], topk=3)  # warm-up
-        start, cpu0 = time.perf_counter(), time.process_time()
-        for i in range(0, len(questions), 64):
-            retriever.search(questions[i:i + 64], topk=3)
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
-        return len(questions) / elapsed, 1000 * cpu / len(questions)
-    finally:
-        retriever.close()
+def server_latency(url: str) -> dict[float, float]:
+    """The server's cumulative ``/retrieve`` latency histogram (seconds -> requests at or below)."""
+    out: dict[float, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("searchlab_request_seconds_bucket") and 'route="/retrieve"' in line:
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
-def build_speed(sample: Path, threads: int, sort: bool) -> tuple[float, float]:
-    """(passages/s, passages per CPU-second) of a full index build (encode + FAISS + BM25)."""
+def measure(proc: Proc, client: str, bodies: list[dict[str, Any]], concurrency: int) -> Run:
+    before_latency = server_latency(proc.url)
+    before_batches, cpu0, client0 = batch_histogram(proc.url), process_cpu_s(proc.popen.pid), time.process_time()
+    latencies: list[float] = []
+    start = time.perf_counter()
+    errors = _drive(client, proc.url, bodies, concurrency, latencies)
+    seconds = time.perf_counter() - start
+    after = batch_histogram(proc.url)
+    after_latency = server_latency(proc.url)
+    queries = sum(len(b["queries"]) for b in bodies)
+    return Run(len(bodies), seconds, latencies, errors, time.process_time() - client0,
+               process_cpu_s(proc.popen.pid) - cpu0, {k: after[k] - before_batches.get(k, 0.0) for k in after},
+               queries, {k: v - before_latency.get(k, 0.0) for k, v in after_latency.items()})
+
+
+def start(index_dir: Path, env: dict[str, str], name: str) -> Proc:
+    base = {"RETRIEVER_INDEX_DIR": str(index_dir), "RETRIEVER_CACHE_SIZE": "0", "RETRIEVER_LOG_LEVEL": "warning",
+            "RETRIEVER_BUILD_IF_MISSING": "false"}
+    proc = start_service("retriever", {**base, **env}, log_dir=cache_dir() / "logs" / f"bench-retriever-{name}")
+    return proc
+
+
+def row(label: str, c: int, run: Run) -> str:
+    return (f"| {label} | {c} | {run.rps:.1f} | {run.pct(0.5):.1f} | {run.pct(0.99):.1f} | {run.pct(0.999):.1f} "
+            f"| {run.server_p99_ms():.0f} | {run.errors} | {run.mean_batch:.1f} | {run.histogram()} "
+            f"| {1000 * run.server_cpu_s / run.queries:.2f} "
+            f"| {1000 * run.client_cpu_s / run.requests:.2f} |")
+
+
+HEADER = ("| client | c | req/s | p50 ms | p99 ms | p99.9 ms | server p99 ≤ ms | errors | mean batch | batches by size "
+          "| server CPU ms/query | client CPU ms/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def build_speed(corpus: Path, sample_size: int) -> str:
+    lines = open_text(corpus).readlines()
+    out = []
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
-        manifest = build_index(sample, Path(tmp) / "idx", options=BuildOptions(),
-                               run=RunOptions(sort_by_length=sort, threads=threads, progress=False))
-    return float(manifest["build"]["passages_per_s"]), float(manifest["build"]["passages_per_cpu_s"])
+        sample = Path(tmp) / "sample.jsonl"
+        sample.write_text("".join(random.Random(0).sample(lines, sample_size)))
+        for sort in (True, False):
+            manifest = build_index(sample, Path(tmp) / f"idx-{sort}", options=BuildOptions(),
+                                   run=RunOptions(sort_by_length=sort, progress=False))
+            out.append(f"{manifest['build']['passages_per_s']:.1f}")
+    return f"index build, {sample_size} passages: {out[0]} passages/s length-sorted, {out[1]} corpus order"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="service/ceiling torch+FAISS threads (0: the service default, all cores)")
-    parser.add_argument("--build-threads", type=int, default=0, help="index build threads (0: all cores)")
-    parser.add_argument("--full-build", action="store_true", help="compare build speed on the whole corpus")
-    parser.add_argument("--build-sample", type=int, default=1000)
-    parser.add_argument("--requests", type=int, nargs=3, default=(100, 480, 1920), metavar=("C1", "C8", "C64"))
+    parser.add_argument("--requests", type=int, nargs=4, default=(300, 800, 2000, 2560),
+                        metavar=("C1", "C8", "C64", "C256"), help="requests per run at each concurrency")
+    parser.add_argument("--ceiling-requests", type=int, default=48, help="64-question requests for the ceiling")
+    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS))
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings (RETRIEVER_*)")
+    parser.add_argument("--no-hop", action="store_true", help="skip the in-process (no search process) runs")
+    parser.add_argument("--build", action="store_true", help="also measure index build speed on a 1,000 sample")
     args = parser.parse_args()
-    threads = args.threads
-    build_threads = args.build_threads or (os.cpu_count() or 1)
-
-    corpus = corpus_path()
-    index_dir = ensure_index(corpus, cache_dir() / "indexes" / "wiki_passages-flat",
-                             run=RunOptions(threads=build_threads))
-    questions = [r["question"] for r in read_jsonl(dataset_path("hotpotqa"))]
+    env = dict(item.split("=", 1) for item in args.env)
     requests = dict(zip(CONCURRENCY, args.requests, strict=True))
 
-    print(f"# retriever bench: {sum(1 for _ in open_text(corpus))} passages, {threads or 'default'} torch/FAISS thread(s) "
-          f"({build_threads} for builds), "
-          f"load avg {os.getloadavg()[0]:.1f}")
-    # -- build speed, sorted vs corpus order
-    with tempfile.TemporaryDirectory(prefix="bench-sample-") as tmp:
-        if args.full_build:
-            sample = corpus
-        else:
-            lines = open_text(corpus).readlines()
-            sample = Path(tmp) / "sample.jsonl"
-            sample.write_text("".join(random.Random(0).sample(lines, args.build_sample)))
-        n_build = sum(1 for _ in open_text(sample))
-        build_pps, build_cpu_pps = build_speed(sample, build_threads, sort=True)
-        print(f"  build {n_build} passages, length-sorted: {build_pps:.1f} passages/s "
-              f"({build_cpu_pps:.1f} per CPU-second)", flush=True)
-        unsorted_pps, unsorted_cpu_pps = build_speed(sample, build_threads, sort=False)
-        print(f"  build {n_build} passages, corpus order:  {unsorted_pps:.1f} passages/s "
-              f"({unsorted_cpu_pps:.1f} per CPU-second)", flush=True)
+    corpus = corpus_path()
+    index_dir = ensure_index(corpus, cache_dir() / "indexes" / "wiki_passages-flat")
+    questions = [r["question"] for r in read_jsonl(dataset_path("hotpotqa"))]
+    single = [_body([questions[i % len(questions)]]) for i in range(max(requests.values()))]
+    load0 = os.getloadavg()
+    print(f"# retriever bench: {os.cpu_count()} cores, load avg {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+          f"server env {env or 'defaults'}", flush=True)
 
-    batched = run_service(index_dir, True, threads, questions, requests)
-    unbatched = run_service(index_dir, False, threads, questions, requests)
-    ceiling_qps, ceiling_cpu_ms = ceiling(index_dir, threads, questions[:requests[64]])
-    print(f"  in-process ceiling (batches of 64): {ceiling_qps:.1f} queries/s, CPU {ceiling_cpu_ms:.2f} ms/query",
-          flush=True)
+    proc = start(index_dir, env, "main")
+    try:
+        details = httpx.get(proc.url + "/info", timeout=30).json()["details"]
+        processes = len(details.get("search_process", {}).get("pids", [])) or 1
+        print(f"# server: {processes} search process(es), serving {details['serving']}", flush=True)
+        _drive("raw", proc.url, single[:64], 8, [])  # warm-up: every process, every code path
+        batched = [_body([questions[(i * CEILING_BATCH + j) % len(questions)] for j in range(CEILING_BATCH)])
+                   for i in range(args.ceiling_requests)]
+        _drive("httpx", proc.url, batched[:4], 2 * processes, [])
+        ceiling = measure(proc, "httpx", batched, 2 * processes)
+        ceiling_qps = ceiling.queries / ceiling.seconds
+        print(f"  ceiling: {ceiling_qps:.1f} queries/s ({CEILING_BATCH} per request, {2 * processes} in flight), "
+              f"server CPU {1000 * ceiling.server_cpu_s / ceiling.queries:.2f} ms/query", flush=True)
+        runs: dict[tuple[str, int], Run] = {}
+        for client in args.clients:
+            for c in CONCURRENCY:
+                runs[client, c] = measure(proc, client, single[:requests[c]], c)
+                print(row(client, c, runs[client, c]), flush=True)
+    finally:
+        proc.stop()
+    hop: dict[int, Run] = {}
+    if not args.no_hop:
+        proc = start(index_dir, {**env, "RETRIEVER_SEARCH_PROCESS": "false"}, "inprocess")
+        try:
+            _drive("raw", proc.url, single[:64], 8, [])
+            for c in (1, 64):
+                hop[c] = measure(proc, "httpx", single[:requests[c]], c)
+                print(row("httpx, in-process", c, hop[c]), flush=True)
+        finally:
+            proc.stop()
+    build = build_speed(corpus, 1000) if args.build else None
 
-    print("\n| concurrency | batched req/s | p50 ms | p99 ms | CPU ms/req | unbatched req/s | p50 ms | p99 ms "
-          "| CPU ms/req | batched/unbatched |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for c in CONCURRENCY:
-        a, b = batched[c], unbatched[c]
-        print(f"| {c} | {a[0]:.1f} | {a[1]:.1f} | {a[2]:.1f} | {a[3]:.2f} | {b[0]:.1f} | {b[1]:.1f} | {b[2]:.1f} "
-              f"| {b[3]:.2f} | {a[0] / b[0]:.2f} |")
-    print(f"\nin-process ceiling (one process, batches of 64, encode + search): {ceiling_qps:.1f} queries/s, "
-          f"{ceiling_cpu_ms:.2f} CPU ms/query")
-    print(f"index build ({n_build} passages): {build_pps:.1f} passages/s length-sorted, {unsorted_pps:.1f} corpus "
-          f"order ({build_pps / unsorted_pps:.2f}x); per CPU-second {build_cpu_pps:.1f} vs {unsorted_cpu_pps:.1f} "
-          f"({build_cpu_pps / unsorted_cpu_pps:.2f}x)")
-    print("(CPU figures are the process's own CPU time: robust when other work shares the cores; wall figures "
-          f"are not — load average was {os.getloadavg()[0]:.1f} at the end)")
-    a64, b64 = batched[64], unbatched[64]
-    print(f"BENCH retriever rps_c64={a64[0]:.1f} rps_c64_unbatched={b64[0]:.1f} rps_ceiling={ceiling_qps:.1f} "
-          f"batched_vs_unbatched={a64[0] / b64[0]:.2f} vs_ceiling={a64[0] / ceiling_qps:.2f} "
-          f"p99_ms_c64={a64[2]:.1f} build_pps={build_pps:.1f} build_pps_unsorted={unsorted_pps:.1f} "
-          f"cpu_ms_per_req_c64={a64[3]:.2f} cpu_ms_per_req_c64_unbatched={b64[3]:.2f} "
-          f"cpu_ms_per_query_ceiling={ceiling_cpu_ms:.2f} batched_vs_unbatched_cpu={b64[3] / a64[3]:.2f} "
-          f"vs_ceiling_cpu={ceiling_cpu_ms / a64[3]:.2f} build_pps_cpu={build_cpu_pps:.1f} "
-          f"build_pps_unsorted_cpu={unsorted_cpu_pps:.1f} build_passages={n_build} threads={threads} "
-          f"build_threads={build_threads}")
+    print(f"\nceiling (same server, {CEILING_BATCH} questions per request): {ceiling_qps:.1f} queries/s, "
+          f"server CPU {1000 * ceiling.server_cpu_s / ceiling.queries:.2f} ms/query\n")
+    print(HEADER)
+    for (client, c), run in runs.items():
+        print(row(client, c, run))
+    for c, run in hop.items():
+        print(row("httpx, no search process", c, run))
+    if build:
+        print(build)
+    load1 = os.getloadavg()
+    print(f"(load avg {load0[0]:.2f} at the start, {load1[0]:.2f} at the end; the load client runs on the same "
+          f"{os.cpu_count()} cores)")
+    fields: dict[str, float | int] = {}
+    if ("httpx", 64) in runs:
+        h1, h64 = runs["httpx", 1], runs["httpx", 64]
+        fields.update(rps_c64_httpx=h64.rps, ceiling_qps=ceiling_qps, c64_vs_ceiling=h64.rps / ceiling_qps,
+                      p99_ms_c64_httpx=h64.pct(0.99), p50_ms_c1_httpx=h1.pct(0.5), rps_c1_httpx=h1.rps,
+                      server_p99_ms_c64_httpx=h64.server_p99_ms(), errors_c64_httpx=h64.errors,
+                      mean_batch_c64_httpx=h64.mean_batch)
+    fields.update(ceiling_qps=ceiling_qps, search_processes=processes)
+    for client in args.clients:
+        fields[f"rps_c64_{client}"] = runs[client, 64].rps
+        fields[f"rps_c256_{client}"] = runs[client, 256].rps
+        fields[f"errors_c256_{client}"] = runs[client, 256].errors
+    if hop:
+        fields.update(p50_ms_c1_inprocess=hop[1].pct(0.5), rps_c64_inprocess=hop[64].rps)
+    fields["load_avg"] = load1[0]
+    print("BENCH retriever " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in fields.items()))
 
 
 if __name__ == "__main__":

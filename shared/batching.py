@@ -19,10 +19,14 @@ for little more than the cost of one. The batcher (no FastAPI here, asyncio only
   ``"oldest"``: at most ``max_wait_s`` after the oldest waiting item arrived (a batch that waited
   for a backend slot leaves at once); ``"open"``: ``max_wait_s`` from the moment the dispatcher
   has a slot and an item (the window opens after the previous batch); ``"fixed"``: like "open",
-  but always the whole window, even when the batch is already full.
+  but always the whole window, even when the batch is already full; ``"adaptive"``: like "oldest",
+  but the batch leaves as soon as no more company is expected in time, judged by the median gap
+  between recent submissions: a lone request (gaps longer than the window) leaves at once, a burst
+  is waited for until it pauses (no submission for twice the gap), a steady stream until the batch
+  is full or the window is over.
 - **Backpressure.** More than ``max_queue`` units waiting (plus those at the backend when
   ``queue_counts_running``) raises :class:`QueueFull`; ``shared.service`` answers it with 503 +
-  ``Retry-After``.
+  ``Retry-After``. An empty queue takes any one submission, however heavy (else it never could).
 - **Failures.** An exception of ``fn`` is handed to every item of its batch (logged once); the
   batcher keeps going. Futures already done (the caller went away) are skipped. ``close()``
   fails the waiting items with :class:`BatcherClosed` and lets the batches at the backend finish.
@@ -33,8 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -45,7 +50,8 @@ log = logging.getLogger(__name__)
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-Wait = Literal["oldest", "open", "fixed"]
+Wait = Literal["oldest", "open", "fixed", "adaptive"]
+GAPS_KEPT = 16  # submissions whose gaps the adaptive window's median is taken over
 
 
 class QueueFull(Exception):
@@ -89,8 +95,8 @@ class MicroBatcher(Generic[In, Out]):
                  name: str = "the batcher", unit: str = "items"):
         if max_batch < 1 or max_queue < 1 or concurrency < 1 or max_wait_s < 0:
             raise ValueError("max_batch, max_queue and concurrency must be >= 1 and max_wait_s >= 0")
-        if wait not in ("oldest", "open", "fixed"):
-            raise ValueError(f"unknown wait {wait!r}; valid: oldest, open, fixed")
+        if wait not in ("oldest", "open", "fixed", "adaptive"):
+            raise ValueError(f"unknown wait {wait!r}; valid: oldest, open, fixed, adaptive")
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -113,6 +119,8 @@ class MicroBatcher(Generic[In, Out]):
         self._dispatcher: asyncio.Task[None] | None = None
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._last_submit = 0.0  # monotonic time of the last submission (adaptive window)
+        self._gaps: deque[float] = deque(maxlen=GAPS_KEPT)  # seconds between recent submissions
 
     @property
     def queued(self) -> int:
@@ -130,7 +138,7 @@ class MicroBatcher(Generic[In, Out]):
             raise BatcherClosed(f"{self.name} is shutting down")
         weights = [self.weight(item) for item in items]
         load = self._queued + (self._running if self.queue_counts_running else 0)
-        if load + sum(weights) > self.max_queue:
+        if load > 0 and load + sum(weights) > self.max_queue:
             raise QueueFull(f"{self.name} is full: {load} {self.unit} waiting, {sum(weights)} more asked "
                             f"(limit {self.max_queue}); retry later")
         loop = asyncio.get_running_loop()
@@ -140,6 +148,10 @@ class MicroBatcher(Generic[In, Out]):
             self._group_units[job.group] += job.weight
         self._waiting.extend(jobs)
         self._queued += sum(weights)
+        now = jobs[0].enqueued if jobs else time.monotonic()
+        if self._last_submit:  # a gap longer than a few windows says "idle" as well as a longer one would
+            self._gaps.append(min(now - self._last_submit, 4 * self.max_wait_s))
+        self._last_submit = now
         self._changed.set()
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(self._dispatch(), name=f"{self.name} dispatcher")
@@ -185,10 +197,12 @@ class MicroBatcher(Generic[In, Out]):
                 await self._changed.wait()
                 self._drop_abandoned_head()
             head = self._waiting[0]
-            start = head.enqueued if self.wait == "oldest" else time.monotonic()
+            start = head.enqueued if self.wait in ("oldest", "adaptive") else time.monotonic()
             deadline = start + self.max_wait_s
             while self.wait == "fixed" or self._group_units[head.group] < self.max_batch:
                 remaining = deadline - time.monotonic()
+                if self.wait == "adaptive":
+                    remaining = self._company_expected_within(remaining)
                 if remaining <= 0:
                     break
                 if self.wait == "fixed":
@@ -201,6 +215,20 @@ class MicroBatcher(Generic[In, Out]):
             if batch:
                 return batch
             # every item of the group was abandoned meanwhile: start over
+
+    def _company_expected_within(self, remaining: float) -> float:
+        """Adaptive window: how much longer to wait for another submission (<= 0: leave now).
+
+        With ``g`` the median recent gap between submissions: leave when the next one is not due
+        before the window ends (``last + g`` past it), or is overdue (nothing for ``2 g``: the
+        burst is over); else wait at most until it is overdue."""
+        if remaining <= 0 or not self._gaps:
+            return 0.0
+        gap = statistics.median(self._gaps)
+        now = time.monotonic()
+        if self._last_submit + gap > now + remaining:
+            return 0.0
+        return min(remaining, self._last_submit + 2 * gap - now)
 
     def _drop_abandoned_head(self) -> None:
         while self._waiting and self._waiting[0].future.done():

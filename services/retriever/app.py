@@ -24,7 +24,7 @@ from services.retriever.batching import InvalidRequest, Limits, Searcher, check_
 from services.retriever.config import RetrieverSettings
 from services.retriever.engine import Retriever, SearchParams, set_threads
 from services.retriever.index import ensure_index, read_manifest
-from services.retriever.process import SearchProcess, SearchProcessDied
+from services.retriever.process import SearchPool, SearchProcessDied
 from shared.schemas import RetrieveRequest, RetrieveResponse
 from shared.service import create_app, maps_to, state_dependency
 
@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-def load_retriever(settings: RetrieverSettings) -> Retriever | SearchProcess:
-    """The configured index, built first if it is missing and that is allowed; in a child
-    process of its own unless ``search_process`` is off (see ``process.py``)."""
+def load_retriever(settings: RetrieverSettings) -> Retriever | SearchPool:
+    """The configured index, built first if it is missing and that is allowed; in child
+    processes of its own unless ``search_process`` is off (see ``process.py``)."""
     index_dir = settings.resolved_index_dir()
     if read_manifest(index_dir) is None:
         if not settings.build_if_missing:
@@ -43,16 +43,15 @@ def load_retriever(settings: RetrieverSettings) -> Retriever | SearchProcess:
         log.info("no index at %s: building one from %s", index_dir, settings.resolved_corpus())
         ensure_index(settings.resolved_corpus(), index_dir, encoder=settings.encoder or "minilm",
                      index_type=settings.index_type)
-    if settings.search_process:
-        return SearchProcess(functools.partial(open_retriever, settings))
+    if settings.process_count():
+        return SearchPool(functools.partial(open_retriever, settings), index_dir, n=settings.process_count())
     return open_retriever(settings)
 
 
 def open_retriever(settings: RetrieverSettings) -> Retriever:
-    # In a search process of its own, the index may use every core: HTTP needs little and no GIL.
-    set_threads(settings.threads, reserve=0 if settings.search_process else 1)
+    set_threads(settings.search_threads(), reserve=0)
     params = SearchParams(hnsw_ef_search=settings.hnsw_ef_search, ivf_nprobe=settings.ivf_nprobe,
-                          dtype=settings.encoder_dtype)
+                          dtype=settings.encoder_dtype, device=settings.device)
     return Retriever.load(settings.resolved_index_dir(), encoder=settings.encoder, params=params,
                           load_bm25=settings.load_bm25)
 
@@ -65,9 +64,14 @@ async def _load(app: FastAPI, settings: RetrieverSettings) -> None:
         app.state.load_error = f"{type(exc).__name__}: {exc}"
         signal.raise_signal(signal.SIGTERM)
         return
-    searcher = Searcher(retriever.search, microbatch=settings.microbatch, max_batch=settings.max_batch,
-                        max_wait_ms=settings.batch_wait_ms, max_pending=settings.max_pending,
-                        cache_size=settings.cache_size, registry=app.state.metrics.registry)
+    options: dict[str, Any] = {
+        "microbatch": settings.microbatch, "max_batch": settings.max_batch, "max_wait_ms": settings.batch_wait_ms,
+        "max_waiting_batches": settings.max_waiting_batches, "max_pending": settings.max_pending,
+        "cache_size": settings.cache_size, "registry": app.state.metrics.registry}
+    if isinstance(retriever, SearchPool):  # ids from the children, passages read here per request
+        searcher = Searcher(retriever.search_found, finish=retriever.hits, concurrency=retriever.size, **options)
+    else:
+        searcher = Searcher(retriever.search, **options)
     app.state.retriever = retriever
     app.state.searcher = searcher
     app.state.ready = True
@@ -91,7 +95,7 @@ def create_retriever_app(settings: RetrieverSettings | None = None) -> FastAPI:
         searcher: Searcher | None = getattr(app.state, "searcher", None)
         if searcher is not None:
             await searcher.stop()
-        retriever: Retriever | SearchProcess | None = getattr(app.state, "retriever", None)
+        retriever: Retriever | SearchPool | None = getattr(app.state, "retriever", None)
         if retriever is not None:
             retriever.close()
 
@@ -104,14 +108,14 @@ def create_retriever_app(settings: RetrieverSettings | None = None) -> FastAPI:
 
 
 def _info(app: FastAPI) -> dict[str, Any]:
-    retriever: Retriever | SearchProcess | None = getattr(app.state, "retriever", None)
+    retriever: Retriever | SearchPool | None = getattr(app.state, "retriever", None)
     searcher: Searcher | None = getattr(app.state, "searcher", None)
     if retriever is None or searcher is None:
         return {"ready": False, "load_error": getattr(app.state, "load_error", None)}
     return {"ready": True, **retriever.info(), "serving": searcher.stats(), "limits": vars(app.state.limits)}
 
 
-RetrieverDep = Annotated[Retriever | SearchProcess,
+RetrieverDep = Annotated[Retriever | SearchPool,
                          Depends(state_dependency("retriever", "the index is still loading"))]
 SearcherDep = Annotated[Searcher, Depends(state_dependency("searcher", "the index is still loading"))]
 

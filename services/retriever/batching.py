@@ -2,11 +2,20 @@
 
 Hundreds of rollouts each send one small request (verl's ``SearchTool``: one query per tool
 call). Encoding them one by one wastes the encoder, so concurrent requests are coalesced by the
-shared :class:`shared.batching.MicroBatcher`: the first waiting request opens a batch, more join
-until ``max_batch`` queries or ``max_wait_ms`` have passed, then the whole batch goes through one
-encoder forward and one FAISS search in a worker thread. While that runs, the event loop keeps
-accepting requests, which form the next batch, so under load batches fill without waiting. With
-micro-batching off, every request is searched on its own (still off the event loop): the
+shared :class:`shared.batching.MicroBatcher`, one batch at a time per search process:
+
+- **Fast alone.** The window is adaptive (``wait="adaptive"``): a request that finds no company
+  coming (recent requests further apart than the window) leaves at once; a burst is waited for
+  until it pauses, at most ``max_wait_ms`` after its oldest request arrived.
+- **Full and fair under load.** While every search process is busy, requests wait; a process
+  that comes free takes the oldest waiting requests, up to ``max_batch`` queries (the encoder's
+  and FAISS's efficient size), in arrival order.
+- **Shed before latency explodes.** At most ``max_waiting_batches`` full batches per search
+  process may wait (and never more than ``max_pending`` queries): a request admitted waits behind
+  at most that many batches plus the running one; past it, :class:`QueueFull` -> 503 +
+  ``Retry-After``. An idle service takes any one request, however many queries it has.
+
+With micro-batching off, every request is searched on its own (still off the event loop): the
 baseline the bench compares against.
 """
 
@@ -29,7 +38,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["InvalidRequest", "Limits", "QueueFull", "ResultCache", "Searcher", "check_request"]
 
-SearchFn = Callable[[Sequence[str], int, SearchMode], list[list[Hit]]]
+# (queries, topk, mode) -> one result per query, in order, each cut by [:k] to fewer hits: the hits
+# themselves, or rows of ids that ``Finish`` turns into hits per request (``process.SearchPool``).
+SearchFn = Callable[[Sequence[str], int, SearchMode], Sequence[Any]]
+Finish = Callable[[list[Any]], list[list[Hit]]]
+
+
+def _as_is(results: list[Any]) -> list[list[Hit]]:
+    return results
 
 
 class InvalidRequest(ValueError):
@@ -110,6 +126,8 @@ class SearchMetrics:
                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.pending = Gauge("searchlab_retriever_pending_queries", "Queries waiting for a batch",
                              registry=registry)
+        self.shed = Counter("searchlab_retriever_shed_queries", "Queries refused with 503 (queue full)",
+                            registry=registry)
 
 
 @dataclass(frozen=True)
@@ -132,31 +150,33 @@ def _mode_of(request: _Request) -> Hashable:
 class Searcher:
     """Searches for the HTTP layer: cache, then the shared micro-batcher (or one request at a time).
 
-    Batcher items are requests, weighing their number of queries (``max_batch`` and ``max_pending``
-    count queries); requests of different modes never share a batch. ``max_pending`` bounds the
-    queries waiting *and* those being searched (``queue_counts_running``). A batch window opens
-    when the previous batch is done and there is a request (``wait="open"``): the first waiting
-    request waits at most ``max_wait_ms`` for company. Micro-batching off: every request is a
-    batch of its own, sent at once (``max_batch=1``, no window, no concurrency limit).
+    Batcher items are requests, weighing their number of queries (``max_batch``, ``max_pending``
+    count queries); requests of different modes never share a batch. ``concurrency``: batches at
+    the backend at once (one per search process), each in a thread of its own. Micro-batching off:
+    every request is a batch of its own, sent at once (``max_batch=1``, no window, ``max_pending``
+    requests at a time). ``finish`` turns a request's results into hits, on the event loop after
+    its batch is done (so a search slot is free again before the passages are read).
     """
 
-    def __init__(self, search: SearchFn, *, microbatch: bool = True, max_batch: int = 64,
-                 max_wait_ms: float = 2.0, max_pending: int = 4096, cache_size: int = 10_000,
-                 registry: CollectorRegistry | None = None):
+    def __init__(self, search: SearchFn, *, finish: Finish = _as_is, microbatch: bool = True, max_batch: int = 64,
+                 max_wait_ms: float = 5.0, max_waiting_batches: int = 1, max_pending: int = 4096,
+                 concurrency: int = 1, cache_size: int = 10_000, registry: CollectorRegistry | None = None):
         self._search = search
+        self._finish = finish
         self.microbatch = microbatch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
-        self.max_pending = max_pending
+        self.concurrency = concurrency
+        self.max_pending = min(max_pending, max_batch * concurrency * max_waiting_batches) if microbatch \
+            else max_pending
         self.cache = ResultCache(cache_size)
         self.metrics = SearchMetrics(registry)
-        # One worker: the encoder and FAISS already use every core inside one call.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retriever-search")
-        self._batcher: MicroBatcher[_Request, list[list[Hit]]] = MicroBatcher(
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="retriever-search")
+        self._batcher: MicroBatcher[_Request, list[Any]] = MicroBatcher(
             self._search_batch, max_batch=max_batch if microbatch else 1,
-            max_wait_s=self.max_wait_s if microbatch else 0.0, max_queue=max_pending,
-            concurrency=1 if microbatch else max_pending, wait="open", weight=_query_count, group_key=_mode_of,
-            queue_counts_running=True, executor=self._executor, name="the retriever", unit="queries")
+            max_wait_s=self.max_wait_s if microbatch else 0.0, max_queue=self.max_pending,
+            concurrency=concurrency if microbatch else max_pending, wait="adaptive", weight=_query_count,
+            group_key=_mode_of, executor=self._executor, name="the retriever", unit="queries")
         self.metrics.pending.set_function(self._pending_queries)
 
     async def stop(self) -> None:
@@ -165,7 +185,8 @@ class Searcher:
 
     def stats(self) -> dict[str, Any]:
         return {"microbatch": self.microbatch, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_s * 1000,
-                "cache_size": self.cache.size, "cached": len(self.cache), "pending_queries": self._pending_queries()}
+                "concurrency": self.concurrency, "max_pending": self.max_pending, "cache_size": self.cache.size,
+                "cached": len(self.cache), "pending_queries": self._pending_queries()}
 
     async def search(self, queries: list[str], topk: int, mode: SearchMode) -> list[list[Hit]]:
         """Hits per query; raises :class:`QueueFull` when ``max_pending`` queries are already in."""
@@ -174,13 +195,17 @@ class Searcher:
         missing = [i for i, r in enumerate(results) if r is None]
         self.metrics.cache_hits.inc(len(queries) - len(missing))
         if missing:
-            [future] = self._batcher.submit([_Request([queries[i] for i in missing], topk, mode)])
-            for i, hits in zip(missing, await future, strict=True):
+            try:
+                [future] = self._batcher.submit([_Request([queries[i] for i in missing], topk, mode)])
+            except QueueFull:
+                self.metrics.shed.inc(len(missing))
+                raise
+            for i, hits in zip(missing, self._finish(await future), strict=True):
                 results[i] = hits
                 self.cache.put(mode, queries[i], hits)
         return [r if r is not None else [] for r in results]
 
-    def _search_batch(self, requests: list[_Request]) -> list[list[list[Hit]]]:
+    def _search_batch(self, requests: list[_Request]) -> list[list[Any]]:
         """One encoder forward + one FAISS search for a batch of one mode (in the search thread):
         each distinct query once, as deep as the deepest request wants, then cut per request."""
         mode = requests[0].mode

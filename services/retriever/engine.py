@@ -8,6 +8,13 @@
 Modes: ``dense`` (encoder + FAISS inner product over unit vectors), ``bm25`` (bm25s) and
 ``hybrid`` (reciprocal-rank fusion of both lists, score = Σ 1/(k_rrf + rank)). One call
 searches a whole batch: one encoder forward and one FAISS search for all queries.
+
+``search_ids`` returns only (scores, ids) arrays (``Found`` rows), ``hits_for`` turns them into
+passages: the search process sends back a few bytes per query and the HTTP process reads the
+passages from the same memory-mapped files (``process.py``). ``device``: the encoder (and the FAISS index, when faiss was
+built with GPU support) on ``cuda`` when one is there (``resolve_device``). On CPU the FAISS index
+is memory-mapped (``IO_FLAG_MMAP_IFC``, flat and HNSW storage): several search processes share one
+copy in the page cache.
 """
 
 from __future__ import annotations
@@ -52,6 +59,42 @@ class SearchParams:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # query encoder compute dtype
     encode_batch_size: int = 16  # queries per encoder forward (length-sorted: little padding)
     parallel_from: int = 4  # fewer queries than this run on one thread (see _threads_for)
+    device: str = "cpu"  # "cpu" | "cuda" | "cuda:<n>" (see resolve_device)
+    mmap: bool = True  # CPU: memory-map the FAISS index (shared between processes) instead of reading it
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; a GPU asked for but absent is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' was asked for but torch sees no GPU here; use 'cpu' or 'auto'")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device '{device}'; valid: auto, cpu, cuda, cuda:<n>")
+    return device
+
+
+def read_faiss_index(path: Path, mmap: bool = True) -> Any:
+    """The FAISS index at ``path``, memory-mapped when ``mmap`` (flat and HNSW storage; other
+    parts are read): search processes that read the same file share one copy in the page cache."""
+    import faiss
+
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0)
+
+
+def faiss_to_device(index: Any, device: str) -> Any:
+    """``index`` on ``device``: moved to the GPU on ``cuda[:n]`` when this faiss has GPU support
+    (faiss-gpu installed), else left on CPU (logged once)."""
+    import faiss
+
+    if not device.startswith("cuda"):
+        return index
+    if not hasattr(faiss, "StandardGpuResources"):
+        log.warning("device %s: this faiss has no GPU support (faiss-cpu); the index is searched on CPU", device)
+        return index
+    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), int(device.partition(":")[2] or 0), index)
 
 
 def set_threads(n: int = 0, reserve: int = 1) -> int:
@@ -97,6 +140,34 @@ def _threads_for(n_queries: int, parallel_from: int) -> Iterator[None]:
         faiss.omp_set_num_threads(threads)
 
 
+@dataclass(frozen=True)
+class Found:
+    """One query's hits before their passages are read: scores and passage ids, best first."""
+
+    scores: np.ndarray  # (k,) float32
+    ids: np.ndarray  # (k,) int64, -1 where there is no result
+
+    def __getitem__(self, cut: slice) -> Found:
+        return Found(self.scores[cut], self.ids[cut])
+
+
+def found_rows(scores: np.ndarray, ids: np.ndarray) -> list[Found]:
+    return [Found(s, i) for s, i in zip(scores, ids, strict=True)]
+
+
+def hits_for(docs: DocStore, found: Sequence[Found]) -> list[list[Hit]]:
+    """The passages behind ``found``, one list per query (ids -1 left out)."""
+    out = []
+    for row in found:
+        hits = []
+        for score, i in zip(row.scores.tolist(), row.ids.tolist(), strict=True):
+            if i >= 0:
+                p = docs.get(i)
+                hits.append(Hit(document=Document(id=p.id, contents=p.contents), score=score))
+        out.append(hits)
+    return out
+
+
 class Retriever:
     """Dense / BM25 / hybrid search over one index folder."""
 
@@ -119,19 +190,22 @@ class Retriever:
 
         index_dir = Path(index_dir)
         params = params or SearchParams()
+        device = resolve_device(params.device)
         manifest = read_manifest(index_dir)
         if manifest is None:
             raise FileNotFoundError(f"{index_dir} is not an index folder (no manifest.json): build one with "
                                     f"`python -m services.retriever build --corpus <jsonl> --out {index_dir}`")
-        enc = Encoder.from_name(encoder or manifest["encoder"]["name"], dtype=params.dtype)
+        enc = Encoder.from_name(encoder or manifest["encoder"]["name"], dtype=params.dtype, device=device)
         if enc.dim != manifest["encoder"]["dim"]:
             raise ValueError(f"encoder {enc.name} gives {enc.dim}-d vectors; the index at {index_dir} holds "
                              f"{manifest['encoder']['dim']}-d ones")
-        index: Any = faiss.read_index(str(index_dir / DENSE_FILE))
+        on_gpu = device.startswith("cuda")
+        index: Any = read_faiss_index(index_dir / DENSE_FILE, mmap=params.mmap and not on_gpu)
         if manifest["index"]["type"] == "hnsw":
             index.hnsw.efSearch = params.hnsw_ef_search
         elif manifest["index"]["type"] == "ivfpq":
             faiss.extract_index_ivf(index).nprobe = params.ivf_nprobe
+        index = faiss_to_device(index, device)  # after the knobs: the GPU copy takes them over
         bm25 = None
         if load_bm25 and manifest.get("bm25") and (index_dir / BM25_DIR).is_dir():
             import bm25s
@@ -152,18 +226,22 @@ class Retriever:
     # -- search ---------------------------------------------------------------------------
     def search(self, queries: Sequence[str], topk: int = 3, mode: SearchMode = "dense") -> list[list[Hit]]:
         """The ``topk`` best passages of every query, best first."""
+        return hits_for(self.docs, found_rows(*self.search_ids(queries, topk, mode)))
+
+    def search_ids(self, queries: Sequence[str], topk: int = 3,
+                   mode: SearchMode = "dense") -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the ``topk`` best passages of every query: float32 and int64 ``(n, k)``,
+        best first, id -1 where there is no k-th result."""
         if mode not in self.modes:
             raise ValueError(f"mode '{mode}' is not available for this index; available: {', '.join(self.modes)}")
-        if not queries:
-            return []
         k = max(1, min(topk, len(self.docs)))
+        if not queries:
+            return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
         if mode == "dense":
-            scores, ids = self.dense(queries, k)
-        elif mode == "bm25":
-            scores, ids = self.lexical(queries, k)
-        else:
-            scores, ids = self.hybrid(queries, k)
-        return [self._hits(s, i) for s, i in zip(scores, ids, strict=True)]
+            return self.dense(queries, k)
+        if mode == "bm25":
+            return self.lexical(queries, k)
+        return self.hybrid(queries, k)
 
     def dense(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         with _threads_for(len(queries), self.params.parallel_from):
@@ -197,18 +275,9 @@ class Retriever:
                 out_scores[q, j] = score
         return out_scores, out_ids
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
-        hits = []
-        for score, i in zip(scores.tolist(), ids.tolist(), strict=True):
-            if i < 0:
-                continue
-            p = self.docs.get(i)
-            hits.append(Hit(document=Document(id=p.id, contents=p.contents), score=score))
-        return hits
-
     def info(self) -> dict[str, Any]:
         return {"index_dir": str(self.index_dir), "manifest": self.manifest, "modes": list(self.modes),
-                "encoder_dtype": self.encoder.dtype}
+                "encoder_dtype": self.encoder.dtype, "device": str(self.encoder.device)}
 
     def close(self) -> None:
         self.docs.close()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.retriever.engine import Retriever
+from services.retriever.engine import Retriever, SearchParams, resolve_device
 from services.retriever.index import DocStore
 from shared.data import iter_passages
 
@@ -51,3 +51,21 @@ def test_docstore_reads_back_the_corpus(small_index, small_corpus) -> None:
             assert (p.id, p.title, p.text) == (rows[i]["id"], rows[i]["title"], rows[i]["text"])
     finally:
         docs.close()
+
+
+def test_a_gpu_asked_for_where_torch_sees_none_is_refused_at_load(small_index) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="sees no GPU"):
+        Retriever.load(small_index, params=SearchParams(device="cuda"))
+    assert resolve_device("auto") == "cpu"
+
+
+def test_search_ids_are_the_hits_without_their_passages(retriever: Retriever) -> None:
+    scores, ids = retriever.search_ids(["Benedict Arnold", "Florida Senate"], topk=3)
+    assert scores.shape == ids.shape == (2, 3) and ids.dtype.kind == "i"
+    hits = retriever.search(["Benedict Arnold", "Florida Senate"], topk=3)
+    assert [[h.document.id for h in row] for row in hits] == \
+        [[retriever.docs.get(int(i)).id for i in row] for row in ids]

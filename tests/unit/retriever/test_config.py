@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,36 @@ def test_env_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("env", [{"RETRIEVER_DEFAULT_TOPK": "9", "RETRIEVER_MAX_TOPK": "5"},
                                  {"RETRIEVER_MAX_BATCH": "0"}, {"RETRIEVER_DEFAULT_MODE": "semantic"},
-                                 {"RETRIEVER_INDEX_TYPE": "ivf"}])
+                                 {"RETRIEVER_INDEX_TYPE": "ivf"}, {"RETRIEVER_DEVICE": "tpu"},
+                                 {"RETRIEVER_DEVICE": "cuda:x"}, {"RETRIEVER_MAX_WAITING_BATCHES": "0"}])
 def test_bad_settings_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):
         RetrieverSettings()
+
+
+def test_search_processes_and_threads_share_out_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("services.retriever.config.usable_cores", lambda: 8)
+    monkeypatch.setenv("RETRIEVER_DEVICE", "cpu")
+    s = RetrieverSettings()
+    assert (s.process_count(), s.search_threads()) == (7, 1)  # one core left to HTTP
+    monkeypatch.setenv("RETRIEVER_SEARCH_PROCESSES", "2")
+    assert (RetrieverSettings().process_count(), RetrieverSettings().search_threads()) == (2, 3)
+    monkeypatch.setenv("RETRIEVER_THREADS", "4")
+    assert RetrieverSettings().search_threads() == 4
+    monkeypatch.setenv("RETRIEVER_SEARCH_PROCESS", "false")
+    assert RetrieverSettings().process_count() == 0
+    monkeypatch.setattr("services.retriever.config.usable_cores", lambda: 2)
+    monkeypatch.delenv("RETRIEVER_SEARCH_PROCESSES")
+    monkeypatch.delenv("RETRIEVER_THREADS")
+    monkeypatch.delenv("RETRIEVER_SEARCH_PROCESS")
+    assert (RetrieverSettings().process_count(), RetrieverSettings().search_threads()) == (1, 1)
+    monkeypatch.setenv("RETRIEVER_DEVICE", "cuda")
+    assert RetrieverSettings().process_count() == 1  # one GPU: one process batches for it
+
+
+def test_usable_cores_are_at_most_the_affinity() -> None:
+    from services.retriever.config import usable_cores
+
+    assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))

@@ -83,7 +83,7 @@ class FakeSearch:
 
 async def test_concurrent_requests_share_batches_and_get_their_own_answers() -> None:
     fake = FakeSearch()
-    searcher = Searcher(fake, max_batch=8, max_wait_ms=20, cache_size=0)
+    searcher = Searcher(fake, max_batch=8, max_wait_ms=20, max_waiting_batches=3, cache_size=0)
     try:
         queries = [f"q{i}" for i in range(20)]
         results = await asyncio.gather(*(searcher.search([q], 1 + i % 3, "dense") for i, q in enumerate(queries)))
@@ -120,18 +120,84 @@ async def test_unbatched_searches_each_request_alone_and_cache_answers_repeats()
     assert [h.document.id for h in again[0]] == ["q1-0", "q1-1"]
 
 
-async def test_too_many_waiting_queries_is_queue_full() -> None:
-    fake = FakeSearch(delay_s=0.2)
-    searcher = Searcher(fake, max_batch=2, max_wait_ms=0, max_pending=3, cache_size=0)
-    try:
-        first = asyncio.create_task(searcher.search(["a", "b", "c"], 1, "dense"))
+class GatedSearch(FakeSearch):
+    """A fake search that holds every batch until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(delay_s=0)
+        self.gate = threading.Event()
+
+    def __call__(self, queries: Sequence[str], topk: int, mode: SearchMode) -> list[list[Hit]]:
+        self.gate.wait(10)
+        return super().__call__(queries, topk, mode)
+
+
+async def _until_running(searcher: Searcher, n: int) -> None:
+    for _ in range(500):
+        if searcher.stats()["pending_queries"] >= n and not searcher._batcher.queued:
+            return
         await asyncio.sleep(0.01)
-        with pytest.raises(QueueFull):
-            await searcher.search(["d"], 1, "dense")
-        await first
-        assert len(await searcher.search(["d"], 1, "dense")) == 1  # capacity is given back
+    raise AssertionError("the first batch never reached the search function")
+
+
+async def test_under_load_the_oldest_go_first_and_no_one_waits_behind_more_than_the_allowed_batches() -> None:
+    fake = GatedSearch()
+    searcher = Searcher(fake, max_batch=4, max_wait_ms=0, max_waiting_batches=2, cache_size=0)
+    try:
+        first = asyncio.create_task(searcher.search(["q0"], 1, "dense"))
+        await _until_running(searcher, 1)  # q0 is at the (blocked) search function
+        waiting = [asyncio.create_task(searcher.search([f"q{i}"], 1, "dense")) for i in range(1, 9)]
+        await asyncio.sleep(0)  # all eight submitted: two full batches wait
+        with pytest.raises(QueueFull, match="full"):
+            await searcher.search(["q9"], 1, "dense")  # a third batch would have to wait: shed
+        fake.gate.set()
+        results = await asyncio.gather(first, *waiting)
     finally:
         await searcher.stop()
+    assert [r[0][0].document.id for r in results] == [f"q{i}-0" for i in range(9)]
+    assert [call[0] for call in fake.calls] == [["q0"], ["q1", "q2", "q3", "q4"], ["q5", "q6", "q7", "q8"]]
+
+
+async def test_shed_capacity_is_given_back_and_an_idle_service_takes_a_heavy_request() -> None:
+    fake = GatedSearch()
+    searcher = Searcher(fake, max_batch=2, max_wait_ms=0, max_waiting_batches=1, cache_size=0)
+    try:
+        first = asyncio.create_task(searcher.search(["a", "b", "c"], 1, "dense"))  # heavier than a batch
+        await _until_running(searcher, 3)
+        second = asyncio.create_task(searcher.search(["d", "e"], 1, "dense"))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await searcher.search(["f"], 1, "dense")
+        fake.gate.set()
+        await asyncio.gather(first, second)
+        assert len(await searcher.search(["f"], 1, "dense")) == 1  # capacity is given back
+    finally:
+        await searcher.stop()
+    assert fake.calls[0][0] == ["a", "b", "c"]
+
+
+async def test_a_lone_request_does_not_wait_for_company() -> None:
+    """The window is 30 s: a request that waited for company would time out here."""
+    fake = FakeSearch(delay_s=0)
+    searcher = Searcher(fake, max_batch=64, max_wait_ms=30_000, cache_size=0)
+    try:
+        for i in range(3):  # alone, one after the other: never any company coming
+            assert (await asyncio.wait_for(searcher.search([f"q{i}"], 1, "dense"), timeout=10))[0]
+            await asyncio.sleep(0.05)
+    finally:
+        await searcher.stop()
+    assert [call[0] for call in fake.calls] == [["q0"], ["q1"], ["q2"]]
+
+
+async def test_a_burst_waits_for_itself_and_then_leaves_without_the_whole_window() -> None:
+    fake = FakeSearch(delay_s=0)
+    searcher = Searcher(fake, max_batch=64, max_wait_ms=30_000, cache_size=0)
+    try:
+        burst = [asyncio.create_task(searcher.search([f"q{i}"], 1, "dense")) for i in range(12)]
+        await asyncio.wait_for(asyncio.gather(*burst), timeout=10)
+    finally:
+        await searcher.stop()
+    assert [call[0] for call in fake.calls] == [[f"q{i}" for i in range(12)]]
 
 
 async def test_a_failing_search_fails_its_requests_not_the_batcher() -> None:

@@ -252,3 +252,31 @@ async def test_close_fails_waiting_items_and_lets_running_batches_finish() -> No
     assert await running[0] == 10
     with pytest.raises(BatcherClosed):
         batcher.submit([3])
+
+
+async def test_adaptive_window_sends_a_lone_item_at_once_and_follows_a_stream() -> None:
+    """Window 30 s: a lone item, and a stream that stops, leave long before it ends."""
+    backend = Recorder()
+    batcher = make(backend, max_batch=64, max_wait_s=30.0, wait="adaptive")
+    assert await asyncio.wait_for(batcher.submit([0])[0], timeout=10) == 0  # nothing coming: no wait
+    stream: list[asyncio.Future[int]] = []
+    for i in range(1, 7):  # a steady stream, 20 ms apart, then nothing
+        stream += batcher.submit([i])
+        await asyncio.sleep(0.02)
+    assert await asyncio.wait_for(asyncio.gather(*stream), timeout=10) == [i * 10 for i in range(1, 7)]
+    assert backend.batches[0] == [0]
+    assert len(backend.batches) < 1 + 6  # the stream was waited for: its items shared batches
+    await batcher.close()
+
+
+async def test_an_empty_queue_takes_one_submission_heavier_than_the_limit() -> None:
+    backend = Recorder()
+    batcher = make(backend, max_batch=2, max_queue=3)
+    assert await asyncio.gather(*batcher.submit([1, 2, 3, 4])) == [10, 20, 30, 40]
+    first = await blocked(backend, batcher, [5, 6])
+    batcher.submit([7, 8, 9])
+    with pytest.raises(QueueFull):
+        batcher.submit([10])  # not empty now: the limit holds
+    backend.gate.set()
+    await asyncio.gather(*first)
+    await batcher.close()
