@@ -24,6 +24,7 @@ from shared.schemas import JobStatus
 pytestmark = pytest.mark.slow
 
 KEY = "ray-test-key"
+DOWN = f"http://127.0.0.1:{free_port()}"  # a retriever URL nobody serves (the cancel test waits on it)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,8 @@ def start_trainer(private_redis: Proc, small_retriever: Proc, ray_head: str, log
         env = {"TRAINER_API_KEY": KEY, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path),
                "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1",
                "TRAINER_RAY_ADDRESS": ray_head, "TRAINER_RAY_PYTHON": sys.executable, "TRAINER_RAY_POLL_S": "0.5",
-               "TRAINER_RAY_WAIT_SERVICES_S": "900", "TRAINER_TRACKING": "none"}
+               "TRAINER_RAY_WAIT_SERVICES_S": "900", "TRAINER_TRACKING": "none",
+               "TRAINER_ALLOWED_URLS": json.dumps([DOWN])}  # a job may name it: the trainer is told of it
         proc = start_service("trainer", env, log_dir=logs_dir)
         procs.append(proc)
         return proc, TrainerClient(proc.url, KEY, timeout_s=30)
@@ -111,7 +113,7 @@ def test_a_verl_job_is_prepared_and_validated_on_the_ray_cluster(
 def test_cancel_stops_the_ray_job_and_a_restarted_trainer_reattaches_to_it(
         start_trainer: Callable[[], tuple[Proc, TrainerClient]], ray_head: str) -> None:
     trainer, client = start_trainer()
-    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the Ray job waits for it
+    down = DOWN  # nothing listens there: the Ray job waits for it
     job = client.submit("rl", {"engine": "verl", "model": "smollm2", "prepare_only": True,
                                "verl": {"recipe": "search_r1", "train_batch_size": 8, "retriever_url": down}})
     status = wait_until(client, job, lambda s: s.cluster is not None and s.cluster.status == "RUNNING"

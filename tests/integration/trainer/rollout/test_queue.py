@@ -173,7 +173,7 @@ def test_a_full_redis_refuses_new_episodes_and_evicts_none(logs_dir: Path) -> No
         added = 0
         with pytest.raises(redis.ResponseError, match="maxmemory"):
             for batch in range(1000):
-                added += q.enqueue([req("job-full", batch * 10 + i, question="q" * 20_000) for i in range(10)])
+                added += q.enqueue([req("job-full", batch * 25 + i, question="q" * 8_000) for i in range(25)])
         assert added > 0
         assert q.redis.hlen(job_key("job-full", "requests")) >= added  # nothing evicted
         assert q.stats()["waiting"] >= added
