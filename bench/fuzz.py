@@ -86,7 +86,9 @@ def fuzz(url: str, key: str, examples: int, max_time: float, report: Path) -> di
            "--max-time", str(int(max_time)), "--request-timeout", "120", "--header", f"Authorization: Bearer {key}",
            "--seed", "1", "--no-color", "--report", "json", "--report-json-path", str(report),
            "--suppress-health-check", "all", "--workers", "1"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=max_time + 600, check=False)
+    # in the work folder: schemathesis keeps its crash cache (.schemathesis/) in its working directory
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=max_time + 600, check=False,
+                          cwd=report.parent)
     if not report.is_file():
         raise RuntimeError(f"schemathesis wrote no report (exit {done.returncode}):\n{done.stdout[-3000:]}"
                            f"\n{done.stderr[-2000:]}")
