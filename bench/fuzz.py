@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from shared.config import cache_dir, corpus_path
+from shared.config import corpus_path
 from shared.processes import Proc, start_redis, start_service
 
 KEY = "fuzz-key"
@@ -53,13 +53,13 @@ FAILURE_TYPES = {  # the JSON report's failure types (schemathesis/failure_codes
 def start_cluster(work: Path, index: Path | None) -> dict[str, Proc]:
     """Redis and the four services, keyed, on loopback (``index``: None, the shipped corpus's, as
     ``searchlab up`` builds and caches it)."""
+    from services.retriever.config import corpus_index_dir
     from services.retriever.index import ensure_index
 
     logs = work / "logs"
     procs: dict[str, Proc] = {"redis": start_redis(log_dir=logs)}
     if index is None:
-        corpus = corpus_path()
-        index = Path(ensure_index(corpus, cache_dir() / "indexes" / f"{corpus.stem}-flat"))
+        index = Path(ensure_index(corpus_path(), corpus_index_dir(corpus_path())))
     common = {"SEARCHLAB_REDIS_URL": procs["redis"].url, "HF_HUB_OFFLINE": "1"}
     procs["retriever"] = start_service("retriever", {**common, "RETRIEVER_INDEX_DIR": str(index),
                                                      "RETRIEVER_API_KEY": KEY}, log_dir=logs)

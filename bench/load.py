@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from shared.config import cache_dir, corpus_path
+from shared.config import corpus_path
 from shared.data import load_split
 from shared.metrics import gold_answers
 from shared.processes import Proc, start_service
@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=Path, default=None, help="a built retriever index (default: the shipped corpus's)")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    from services.retriever.config import corpus_index_dir
     from services.retriever.index import ensure_index
 
     logs = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    corpus = corpus_path()
-    index = args.index or Path(ensure_index(corpus, cache_dir() / "indexes" / f"{corpus.stem}-flat"))
+    index = args.index or Path(ensure_index(corpus_path(), corpus_index_dir(corpus_path())))
     procs: dict[str, Proc] = {}
     results: dict[tuple[str, int], Run] = {}
     try:

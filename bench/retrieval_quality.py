@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from services.retriever.config import corpus_index_dir
 from services.retriever.engine import Retriever, set_threads
 from services.retriever.index import RunOptions, ensure_index
-from shared.config import cache_dir, corpus_path
+from shared.config import corpus_path
 from shared.data import dataset_path, read_jsonl
 
 DATASETS = {"hotpotqa": "hotpotqa", "2wiki": "2wikimultihopqa", "musique": "musique"}
@@ -47,7 +48,7 @@ def recall(retriever: Retriever, questions: list[tuple[str, set[str]]], mode: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index-dir", type=Path, default=cache_dir() / "indexes" / "wiki_passages-flat")
+    parser.add_argument("--index-dir", type=Path, default=corpus_index_dir(corpus_path()))
     parser.add_argument("--threads", type=int, default=0, help="torch/FAISS threads (0: all cores but one)")
     args = parser.parse_args()
     threads = set_threads(args.threads)

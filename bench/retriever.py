@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from services.retriever.config import corpus_index_dir
 from services.retriever.index import BuildOptions, RunOptions, build_index, ensure_index
 from shared.config import cache_dir, corpus_path
 from shared.data import dataset_path, open_text, read_jsonl
@@ -307,7 +308,7 @@ def main() -> None:
     requests = dict(zip(CONCURRENCY, args.requests, strict=True))
 
     corpus = corpus_path()
-    index_dir = ensure_index(corpus, cache_dir() / "indexes" / "wiki_passages-flat")
+    index_dir = ensure_index(corpus, corpus_index_dir(corpus))
     questions = [r["question"] for r in read_jsonl(dataset_path("hotpotqa"))]
     single = [_body([questions[i % len(questions)]]) for i in range(max(requests.values()))]
     load0 = os.getloadavg()

@@ -27,7 +27,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import local_cluster
-from shared.config import cache_dir, corpus_path
+from shared.config import corpus_path
 from shared.local_cluster import ClusterState
 from shared.processes import Proc, free_port, pid_alive, spawn, start_redis, wait_http
 
@@ -188,9 +188,10 @@ def _start(name: str, argv: list[str], port: int, env: dict[str, str], logs: Pat
 
 
 def _ensure_index(settings: ClusterSettings) -> Path:
+    from services.retriever.config import corpus_index_dir
     from services.retriever.engine import ensure_index
 
-    out = cache_dir() / "indexes" / f"{Path(settings.corpus).stem}-{settings.index_type}"
+    out = corpus_index_dir(settings.corpus, settings.index_type)
     return Path(ensure_index(settings.corpus, out, index_type=settings.index_type))
 
 

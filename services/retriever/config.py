@@ -42,6 +42,14 @@ def default_index_dir(name: str) -> Path:
     return cache_dir() / "indexes" / name
 
 
+def corpus_index_dir(corpus: Path, index_type: str = "flat") -> Path:
+    """The cached ``index_type`` index of ``corpus``: ``<cache>/indexes/<corpus name>-<type>``, the name without
+    ``.gz`` / ``.jsonl`` (the shipped ``wiki_passages.jsonl.gz`` -> ``wiki_passages-flat``). ``searchlab up`` and
+    the benches that serve a whole corpus share this one folder, so it is built once."""
+    name = Path(corpus).name.removesuffix(".gz").removesuffix(".jsonl")
+    return default_index_dir(f"{name}-{index_type}")
+
+
 class RetrieverSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RETRIEVER_")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from services.retriever.config import RetrieverSettings
+from services.retriever.config import RetrieverSettings, corpus_index_dir
 from shared.config import cache_dir
 
 
@@ -58,3 +58,10 @@ def test_usable_cores_are_at_most_the_affinity() -> None:
     from services.retriever.config import usable_cores
 
     assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_a_corpus_and_its_compressed_twin_share_one_cached_index(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEARCHLAB_CACHE_DIR", str(tmp_path))
+    assert corpus_index_dir(Path("data/corpus/wiki_passages.jsonl.gz")) == tmp_path / "indexes" / "wiki_passages-flat"
+    assert corpus_index_dir(Path("/x/wiki_passages.jsonl"), "ivfpq") == tmp_path / "indexes" / "wiki_passages-ivfpq"
