@@ -173,7 +173,7 @@ def _new_faiss_index(opts: BuildOptions, dim: int, n: int) -> tuple[Any, dict[st
         pq_m = opts.pq_m or auto_pq_m(dim)
         if dim % pq_m:
             raise ValueError(f"pq_m={pq_m} must divide the encoder dimension {dim}")
-        index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{opts.pq_nbits}", faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{opts.pq_nbits}np", faiss.METRIC_INNER_PRODUCT)
         return index, {"ivf_nlist": nlist, "pq_m": pq_m, "pq_nbits": opts.pq_nbits}
     raise ValueError(f"unknown index type '{opts.index_type}'; valid: {', '.join(INDEX_TYPES)}")
 
