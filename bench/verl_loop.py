@@ -1,6 +1,6 @@
 """Throughput of searchlab's verl agent loop: the queue path (Redis + workers) against inline, on CPU.
 
-    python bench/verl_loop.py [--episodes 64] [--max-turn-tokens 40] [--max-turns 2] [--lane 16]
+    python bench/verl_loop.py [--episodes 64] [--max-turn-tokens 40] [--max-turns 2] [--lane 4] [--workers 1,2,4]
 
 Starts a real Redis, a retriever over a small corpus, searchlab's SGLang-compatible policy server
 (SmolLM2 on CPU, where verl's SGLang rollout server stands) and rollout workers as subprocesses. One
@@ -12,12 +12,13 @@ untrained model searches; greedy) goes through verl's own ``AgentLoopWorker.gene
 - ``queue``:  the loop enqueues every sample; one worker (remote lane: all episodes in flight) runs
   them, generating on the policy server over HTTP, and the loop awaits each result;
 - workers scaling: the queue path again with each worker's lane capped at ``--lane`` episodes, with
-  one worker and with two.
+  each count of ``--workers`` (a worker then holds at most ``lane`` episodes, so more workers keep more
+  of the step in flight: what adding workers buys when one worker's capacity is the limit).
 
 The clock runs over ``generate_sequences`` (servers and workers started and warm). One line at the end:
 
     BENCH verl_loop episodes_per_s_queue=… episodes_per_s_inline=… queue_vs_inline=…
-                    lane=… episodes_per_s_1_worker=… episodes_per_s_2_workers=… workers_2_vs_1=…
+                    lane=… episodes_per_s_1_workers=… episodes_per_s_2_workers=… … workers_2_vs_1=… workers_4_vs_1=…
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def main() -> int:
     p.add_argument("--episodes", type=int, default=64, help="samples in the step's batch (all in flight)")
     p.add_argument("--max-turn-tokens", type=int, default=40)
     p.add_argument("--max-turns", type=int, default=2)
-    p.add_argument("--lane", type=int, default=16, help="per-worker in-flight cap of the scaling runs")
+    p.add_argument("--lane", type=int, default=4, help="per-worker in-flight cap of the scaling runs")
+    p.add_argument("--workers", default="1,2,4", help="worker counts of the scaling runs (the first is the base)")
     args = p.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
 
     import os
 
@@ -157,9 +160,9 @@ def main() -> int:
         results["queue"] = timed(cfg["queue"], policy.url, gen)
         for w in workers:
             w.stop()
-        for n in (1, 2):
+        for n in counts:
             workers = start_workers(n, args.lane, redis.url, policy.url, retriever.url, logs)
-            results[f"{n}_worker"] = timed(cfg["queue"], policy.url, gen)
+            results[f"{n}_workers"] = timed(cfg["queue"], policy.url, gen)
             for w in workers:
                 w.stop()
     finally:
@@ -172,10 +175,12 @@ def main() -> int:
         rate[label] = len(out) / seconds
         searches, tokens = stats(out)
         print(f"{label:<10}{len(out):>10}{seconds:>10.1f}{rate[label]:>12.3f}{searches:>10.2f}{tokens:>12.1f}")
+    base = rate[f"{counts[0]}_workers"]
+    scaling = " ".join(f"episodes_per_s_{n}_workers={rate[f'{n}_workers']:.3f}" for n in counts)
+    ratios = " ".join(f"workers_{n}_vs_{counts[0]}={rate[f'{n}_workers'] / base:.2f}" for n in counts[1:])
     print(f"BENCH verl_loop episodes_per_s_queue={rate['queue']:.3f} episodes_per_s_inline={rate['inline']:.3f} "
-          f"queue_vs_inline={rate['queue'] / rate['inline']:.2f} lane={args.lane} "
-          f"episodes_per_s_1_worker={rate['1_worker']:.3f} episodes_per_s_2_workers={rate['2_worker']:.3f} "
-          f"workers_2_vs_1={rate['2_worker'] / rate['1_worker']:.2f} episodes={args.episodes}")
+          f"queue_vs_inline={rate['queue'] / rate['inline']:.2f} lane={args.lane} {scaling} {ratios} "
+          f"episodes={args.episodes} load_avg={os.getloadavg()[0]:.2f}")
     return 0
 
 
