@@ -53,7 +53,7 @@ def _up(argv: Sequence[str]) -> int:
         log.info("%-10s %s", name, url)
     log.info("cluster ready; logs in %s/logs; stop with `searchlab down`", state.run_dir)
     if "trainer" in state.urls:
-        log.info("dashboard: %s/ (sign in with the api_key of %s)", state.urls["trainer"], cluster.state_path())
+        log.info("dashboard: %s/ (sign in with api_keys.trainer of %s)", state.urls["trainer"], cluster.state_path())
     return 0
 
 

@@ -5,8 +5,10 @@ the retriever (index over the corpus, built once and cached), the judge, the sim
 trainer and N rollout workers, all on loopback. The processes and their URLs are recorded in
 ``<cache>/cluster/cluster.json`` so ``status`` and ``down`` (and later commands, e.g.
 ``searchlab demo``) find them. A supervisor process (:mod:`services.supervisor`) restarts any of
-them that dies, with a backoff and a cap; ``status`` shows each one's restarts. Settings use the same
-names as docker-compose and k8s:
+them that dies, with a backoff and a cap; ``status`` shows each one's restarts. Each service gets a key of
+its own (four independent random keys, kept in the state file, mode 0600), and each process is started with
+its own key and the keys of the services it calls, nothing more (:func:`process_keys`). Settings use the
+same names as docker-compose and k8s:
 
     SEARCHLAB_CLUSTER_WORKERS=2 SEARCHLAB_CLUSTER_BASE_PORT=8001 searchlab up
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
 import sys
 import time
@@ -28,12 +29,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import local_cluster
 from shared.config import corpus_path
+from shared.keys import SERVICES, Service, ServiceKeys
 from shared.local_cluster import ClusterState
 from shared.processes import Proc, free_port, pid_alive, spawn, start_redis, wait_http
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("retriever", "judge", "simulator", "trainer")
+# The keys each kind of process is started with, setting -> whose key: a service's own (<PREFIX>_API_KEY, the
+# one it requires) and, per service it calls, the setting its client reads that service's key from.
+PROCESS_KEYS: dict[str, dict[str, Service]] = {
+    "retriever": {"RETRIEVER_API_KEY": "retriever"},
+    "judge": {"JUDGE_API_KEY": "judge"},
+    "simulator": {"SIMULATOR_API_KEY": "simulator", "SIMULATOR_RETRIEVER_API_KEY": "retriever"},
+    "trainer": {"TRAINER_API_KEY": "trainer", "TRAINER_RETRIEVER_API_KEY": "retriever",
+                "TRAINER_JUDGE_API_KEY": "judge", "TRAINER_SIMULATOR_API_KEY": "simulator"},
+    "worker": {"WORKER_RETRIEVER_API_KEY": "retriever", "WORKER_SIMULATOR_API_KEY": "simulator",
+               "WORKER_JUDGE_API_KEY": "judge"},
+}
 
 
 class ClusterSettings(BaseSettings):
@@ -52,9 +64,9 @@ class ClusterSettings(BaseSettings):
     simulator_mode: str = "corpus"  # corpus (grounded, cheap) | llm
     worker_batch: int = 8  # episodes a worker generates together
     trainer_threads: int = 0  # torch threads of the trainer's training jobs (0: every core)
-    # The bearer token every service of this cluster requires (and every client in it sends). None: a new
-    # random one per `searchlab up`, kept in the cluster's state file (mode 0600; `searchlab status` shows
-    # where). A committed default would let anyone on the machine in.
+    # One bearer token for all four services (and every client in it), as before keys were per service. None:
+    # a new random key per service per `searchlab up`, kept in the cluster's state file (mode 0600). A
+    # committed default would let anyone on the machine in.
     api_key: SecretStr | None = None
     start_timeout_s: float = 300.0
     supervise: bool = True  # restart processes that die (services/supervisor.py)
@@ -77,8 +89,22 @@ def _port(settings: ClusterSettings, offset: int) -> int:
     return settings.base_port + offset if settings.base_port else free_port()
 
 
+def cluster_keys(settings: ClusterSettings) -> ServiceKeys:
+    """``SEARCHLAB_CLUSTER_API_KEY`` for all four services if set, else a new random key for each."""
+    if settings.api_key is not None and settings.api_key.get_secret_value():
+        return ServiceKeys(default=settings.api_key)
+    return ServiceKeys.generate()
+
+
+def process_keys(kind: str, keys: ServiceKeys) -> dict[str, str]:
+    """The keys one process of ``kind`` (a service name or ``worker``) is started with (:data:`PROCESS_KEYS`):
+    its own, as the key it requires, and the key of each service it calls. None holds a key it does not use."""
+    return {name: key for name, service in PROCESS_KEYS[kind].items() if (key := keys.of(service))}
+
+
 def service_env(state: ClusterState, settings: ClusterSettings) -> dict[str, str]:
-    """The one environment every service and worker of the local cluster is started with."""
+    """The environment every service and worker of the local cluster is started with (keys come on top:
+    :func:`process_keys`)."""
     redis_url = state.urls["redis"]
     return {
         "SEARCHLAB_REDIS_URL": redis_url,
@@ -87,14 +113,6 @@ def service_env(state: ClusterState, settings: ClusterSettings) -> dict[str, str
         "SIMULATOR_MODE": settings.simulator_mode,
         "SIMULATOR_RETRIEVER_URL": state.urls.get("retriever", ""),
         "SIMULATOR_JUDGE_URL": state.urls.get("judge", ""),
-        # one key, required by every service and sent by every client of it
-        "RETRIEVER_API_KEY": state.api_key,
-        "JUDGE_API_KEY": state.api_key,
-        "SIMULATOR_API_KEY": state.api_key,
-        "TRAINER_API_KEY": state.api_key,
-        "SIMULATOR_RETRIEVER_API_KEY": state.api_key,
-        "TRAINER_SERVICE_API_KEY": state.api_key,
-        "WORKER_API_KEY": state.api_key,
         "TRAINER_REDIS_URL": redis_url,
         "TRAINER_RETRIEVER_URL": state.urls.get("retriever", ""),
         "TRAINER_JUDGE_URL": state.urls.get("judge", ""),
@@ -127,8 +145,8 @@ def up(settings: ClusterSettings | None = None) -> ClusterState:
         down(settings)
     run_dir = local_cluster.run_dir(settings.run_dir)
     logs = run_dir / "logs"
-    key = settings.api_key.get_secret_value() if settings.api_key else secrets.token_urlsafe(32)
-    state = ClusterState(run_dir=str(run_dir), api_key=key, started_at=time.time())
+    keys = cluster_keys(settings)
+    state = ClusterState(run_dir=str(run_dir), api_keys=keys.reveal(), started_at=time.time())
     started: list[Proc] = []
     try:
         if settings.redis_url:
@@ -148,14 +166,14 @@ def up(settings: ClusterSettings | None = None) -> ClusterState:
         services = []
         for name in SERVICES:
             port = int(state.urls[name].rsplit(":", 1)[1])
-            proc = _start(name, [sys.executable, "-m", f"services.{name}"], port, env, logs)
+            proc = _start(name, [sys.executable, "-m", f"services.{name}"], port, env | process_keys(name, keys), logs)
             started.append(proc)
             services.append(proc)
         for proc in services:
             wait_http(proc, proc.url + "/ready", settings.start_timeout_s)
             _record(state, proc.name, proc)
         for i in range(settings.workers):
-            worker_env = env | {"WORKER_NAME": f"worker-{i}"}
+            worker_env = env | process_keys("worker", keys) | {"WORKER_NAME": f"worker-{i}"}
             proc = spawn(f"worker-{i}", [sys.executable, "-m", "services.trainer.rollout.worker"], env=worker_env,
                          log_dir=logs)
             started.append(proc)

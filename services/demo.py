@@ -31,6 +31,7 @@ from typing import Any, get_args
 
 from shared.client import TrainerClient
 from shared.config import cache_dir
+from shared.keys import ClientKeyEnv, ServiceKeys
 from shared.schemas import JobKind
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def run_demo(quick: bool = False, eval_data: list[str] | None = None, out_dir: P
         if not Path(path).is_file():
             raise FileNotFoundError(f"--eval-data {path}: no such file")
     url = trainer_url or os.environ.get("SEARCHLAB_TRAINER_URL")
-    key = api_key or os.environ.get("SEARCHLAB_API_KEY")
+    key = api_key or ClientKeyEnv().keys().of("trainer")
     if not url:
         raise ValueError("no trainer URL: start the cluster (`searchlab up`) or set SEARCHLAB_TRAINER_URL")
     out = out_dir or cache_dir() / "demo" / time.strftime("%Y%m%d-%H%M%S")
@@ -230,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     was_up = bool(cluster.status()["ready"])
     state = cluster.up()
     try:
-        report = run_demo(args.quick, args.eval_data or None, args.out, state.urls.get("trainer"), state.api_key)
+        report = run_demo(args.quick, args.eval_data or None, args.out, state.urls.get("trainer"),
+                          state.keys().of("trainer"))
     finally:
         if not args.keep_up and not was_up:
             cluster.down()
@@ -252,7 +254,7 @@ def train_main(argv: list[str] | None = None) -> int:
     raw = Path(args.config).read_text() if Path(args.config).is_file() else args.config
     state = load_state()
     url = os.environ.get("SEARCHLAB_TRAINER_URL") or (state.urls.get("trainer") if state else None)
-    key = os.environ.get("SEARCHLAB_API_KEY") or (state.api_key if state else None)
+    key = ClientKeyEnv().keys().over(state.keys() if state else ServiceKeys()).of("trainer")
     if not url:
         sys.stderr.write("no trainer: run `searchlab up` or set SEARCHLAB_TRAINER_URL\n")
         return 2

@@ -16,12 +16,13 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
+from shared.keys import SERVICES, ClientKeyEnv, ServiceKeys
 from shared.schemas import (
     ClusterView,
     Hit,
@@ -316,24 +317,30 @@ class TrainerClient(ServiceClient):
 
 
 class Cluster:
-    """All services of one searchlab cluster: ``Cluster({"retriever": url, ...}, api_key=...)``."""
+    """All services of one searchlab cluster: ``Cluster({"retriever": url, ...}, api_key=...)``.
 
-    def __init__(self, base_urls: dict[str, str], api_key: str | None = None, timeout_s: float = 60.0):
-        unknown = set(base_urls) - {"retriever", "judge", "simulator", "trainer"}
+    ``api_key`` is one key for every service, or one per service (``{"retriever": ..., "trainer": ...}``, with
+    ``"default"`` for the rest, or a :class:`shared.keys.ServiceKeys`): each client sends its own service's."""
+
+    def __init__(self, base_urls: dict[str, str], api_key: ServiceKeys | str | Mapping[str, str] | None = None,
+                 timeout_s: float = 60.0):
+        unknown = set(base_urls) - set(SERVICES)
         if unknown:
-            raise ValueError(f"unknown services {sorted(unknown)}; valid: retriever, judge, simulator, trainer")
+            raise ValueError(f"unknown services {sorted(unknown)}; valid: {', '.join(SERVICES)}")
         self.base_urls = dict(base_urls)
-        self._api_key = api_key
+        self.keys = ServiceKeys.coerce(api_key)
         self._timeout_s = timeout_s
 
     @classmethod
     def local(cls, timeout_s: float = 60.0) -> Cluster:
-        """The cluster ``searchlab up`` started on this machine (or the ``SEARCHLAB_<NAME>_URL`` env)."""
+        """The cluster ``searchlab up`` started on this machine, each client with its service's key from the
+        state file; or the ``SEARCHLAB_<NAME>_URL`` env. ``SEARCHLAB_<NAME>_API_KEY`` (and ``SEARCHLAB_API_KEY``
+        for the rest) override the keys."""
         import os
 
-        urls = {n: os.environ[f"SEARCHLAB_{n.upper()}_URL"] for n in ("retriever", "judge", "simulator", "trainer")
-                if os.environ.get(f"SEARCHLAB_{n.upper()}_URL")}
-        api_key = os.environ.get("SEARCHLAB_API_KEY")
+        urls: dict[str, str] = {n: os.environ[f"SEARCHLAB_{n.upper()}_URL"] for n in SERVICES
+                                if os.environ.get(f"SEARCHLAB_{n.upper()}_URL")}
+        keys = ClientKeyEnv().keys()
         if not urls:
             from shared.local_cluster import load_state
 
@@ -341,8 +348,8 @@ class Cluster:
             if state is None:
                 raise ValueError("no local cluster: run `searchlab up` (or set SEARCHLAB_<SERVICE>_URL)")
             urls = {n: u for n, u in state.urls.items() if n != "redis"}
-            api_key = api_key or state.api_key
-        return cls(urls, api_key, timeout_s)
+            keys = keys.over(state.keys())
+        return cls(urls, keys, timeout_s)
 
     def _url(self, name: str) -> str:
         if name not in self.base_urls:
@@ -351,16 +358,16 @@ class Cluster:
 
     @property
     def retriever(self) -> RetrieverClient:
-        return RetrieverClient(self._url("retriever"), self._api_key, timeout_s=self._timeout_s)
+        return RetrieverClient(self._url("retriever"), self.keys.of("retriever"), timeout_s=self._timeout_s)
 
     @property
     def judge(self) -> JudgeClient:
-        return JudgeClient(self._url("judge"), self._api_key, timeout_s=self._timeout_s)
+        return JudgeClient(self._url("judge"), self.keys.of("judge"), timeout_s=self._timeout_s)
 
     @property
     def simulator(self) -> SimulatorClient:
-        return SimulatorClient(self._url("simulator"), self._api_key, timeout_s=self._timeout_s)
+        return SimulatorClient(self._url("simulator"), self.keys.of("simulator"), timeout_s=self._timeout_s)
 
     @property
     def trainer(self) -> TrainerClient:
-        return TrainerClient(self._url("trainer"), self._api_key, timeout_s=self._timeout_s)
+        return TrainerClient(self._url("trainer"), self.keys.of("trainer"), timeout_s=self._timeout_s)

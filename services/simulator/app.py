@@ -51,8 +51,8 @@ def build_simulator(settings: SimulatorSettings) -> tuple[Simulator, list[Any]]:
 
         generators["llm"] = GENERATORS["llm"](get_backend(settings.llm), settings)
     if settings.retriever_url:
-        client = RetrieverClient(settings.retriever_url, settings.retriever_api_key,
-                                 timeout_s=settings.retriever_timeout_s)
+        key = settings.retriever_api_key.get_secret_value() if settings.retriever_api_key else None
+        client = RetrieverClient(settings.retriever_url, key, timeout_s=settings.retriever_timeout_s)
         generators["corpus"] = GENERATORS["corpus"](client, settings)
         closers.append(client)
     return Simulator(settings, generators), closers

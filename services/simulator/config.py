@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.config import LLMSettings, ServiceSettings
@@ -18,7 +18,7 @@ class SimulatorSettings(ServiceSettings):
     mode: SimMode = "llm"  # default generator: "llm" (writes documents) | "corpus" (real passages)
     llm: LLMSettings = Field(default_factory=LLMSettings)  # the simulator model (llm mode)
     retriever_url: str | None = None  # the retriever service (corpus mode); also enables corpus per request
-    retriever_api_key: str | None = None  # bearer token for the retriever, if it wants one
+    retriever_api_key: SecretStr | None = None  # the retriever's bearer token (its RETRIEVER_API_KEY), if it wants one
     retriever_timeout_s: float = Field(default=30.0, gt=0)
     judge_url: str | None = None  # the judge service; fine-tuning labels fall back to shared.metrics without it
 

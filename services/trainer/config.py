@@ -1,7 +1,8 @@
 """Settings of the trainer service (env prefix ``TRAINER_``).
 
     TRAINER_API_KEY=...                      required: the job endpoints need a bearer token
-    TRAINER_SERVICE_API_KEY=...              the token the jobs send to the retriever, judge, simulator
+    TRAINER_SERVICE_API_KEY=...              the token the jobs send to the retriever, judge, simulator ...
+    TRAINER_RETRIEVER_API_KEY / TRAINER_JUDGE_API_KEY / TRAINER_SIMULATOR_API_KEY   ... but these, per service
     TRAINER_REDIS_URL=redis://127.0.0.1:6379/0   (falls back to SEARCHLAB_REDIS_URL)
     TRAINER_RETRIEVER_URL / TRAINER_JUDGE_URL / TRAINER_SIMULATOR_URL   services the jobs use
     TRAINER_OUTPUT_DIR=<cache>/jobs          one folder per job: checkpoints, logs, plots, reports
@@ -24,6 +25,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.config import ServiceSettings, cache_dir, data_dir, user_data_dir
 from shared.confine import Confinement
+from shared.keys import ServiceKeys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TRACKING_BACKENDS = ("tensorboard", "wandb", "mlflow")  # services/trainer/jobs/tracking.py
@@ -50,7 +52,10 @@ class TrainerSettings(ServiceSettings):
 
     port: int = 8004
     api_key: SecretStr | None = None  # required at start-up (create_app(require_auth=True))
-    service_api_key: SecretStr | None = None  # bearer token the jobs send to the retriever, judge, simulator
+    service_api_key: SecretStr | None = None  # bearer token the jobs send to each service without its own below
+    retriever_api_key: SecretStr | None = None  # the retriever's key for the jobs (its RETRIEVER_API_KEY)
+    judge_api_key: SecretStr | None = None  # the judge's key for the jobs (its JUDGE_API_KEY)
+    simulator_api_key: SecretStr | None = None  # the simulator's key for the jobs (its SIMULATOR_API_KEY)
     redis_url: str = ""  # empty -> SEARCHLAB_REDIS_URL -> redis://127.0.0.1:6379/0
     retriever_url: str | None = None  # search backend "retriever" and RAG baselines
     judge_url: str | None = None  # LLM answer reward / judge-scored eval
@@ -92,8 +97,11 @@ class TrainerSettings(ServiceSettings):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def service_key(self) -> str | None:
-        return self.service_api_key.get_secret_value() if self.service_api_key else None
+    def service_keys(self) -> ServiceKeys:
+        """What the jobs send to each service, read when a job runs (never part of a job's config): the
+        service's own key, else ``service_api_key``."""
+        return ServiceKeys(default=self.service_api_key, retriever=self.retriever_api_key, judge=self.judge_api_key,
+                           simulator=self.simulator_api_key)
 
     def confinement(self) -> Confinement:
         """Where a job submitted over HTTP may read (the shipped and imported data, the embedded models, every

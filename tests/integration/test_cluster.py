@@ -1,4 +1,5 @@
-"""``searchlab up`` -> every service ready -> the notebook runs against it (eval, a tiny RL job, one of its
+"""``searchlab up`` -> every service ready, each with a key of its own -> the SDK, jobs and workers reach
+every service with that service's key -> the notebook runs against it (eval, a tiny RL job, one of its
 trajectories and its curves) -> ``searchlab down``
 leaves no process behind; a killed worker and service are restarted by the cluster's supervisor. Real
 processes, real Redis, real models, loopback only."""
@@ -17,10 +18,29 @@ import httpx
 import pytest
 
 from services import cluster
-from shared.client import Cluster
+from shared.client import Cluster, ServiceCallError
+from shared.keys import SERVICES
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
+CALLS = {  # a protected call of each service that changes nothing
+    "retriever": ("POST", "/retrieve", {"queries": ["q"]}),
+    "simulator": ("POST", "/simulate", {"query": "q"}),
+    "judge": ("POST", "/judge", {"method": "em", "items": [{"gold": ["a"], "prediction": "a"}]}),
+    "trainer": ("GET", "/jobs", None),
+}
+
+
+def answers_by_status(url: str) -> dict[str, float]:
+    """What the service at ``url`` answered since it started: status code -> requests (its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name == "searchlab_requests_total":
+                out[sample.labels["status"]] = out.get(sample.labels["status"], 0.0) + sample.value
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +76,30 @@ def test_up_brings_every_service_to_ready(cluster_env: dict[str, str]) -> None:
     assert {"redis", "retriever", "judge", "simulator", "trainer", "worker-0", "worker-1"} <= names
     for name in ("retriever", "judge", "simulator", "trainer"):
         assert httpx.get(report["urls"][name] + "/ready").status_code == 200
-    assert searchlab("status", env=cluster_env).returncode == 0
-    # every service is keyed with a fresh random key, kept where only this user can read it
+    shown = searchlab("status", env=cluster_env)
+    assert shown.returncode == 0
+    # every service is keyed with a fresh random key of its own, kept where only this user can read it
     state = cluster.load_state()
-    assert state is not None and len(state.api_key) >= 32
+    assert state is not None and set(state.api_keys) == set(SERVICES)
+    keys = state.api_keys
+    assert len(set(keys.values())) == 4 and all(len(k) >= 32 for k in keys.values())
     assert stat.S_IMODE(cluster.state_path().stat().st_mode) == 0o600
-    calls = {"retriever": ("/retrieve", {"queries": ["q"]}), "simulator": ("/simulate", {"query": "q"}),
-             "judge": ("/judge", {"method": "em", "items": [{"gold": ["a"], "prediction": "a"}]}),
-             "trainer": ("/jobs", {"kind": "eval", "config": {}})}
-    for name, (path, body) in calls.items():
-        assert httpx.post(report["urls"][name] + path, json=body).status_code == 401, name
+    printed = done.stdout + done.stderr + shown.stdout + shown.stderr + repr(state)
+    assert not [name for name, key in keys.items() if key in printed]  # neither `up` nor `status` shows a key
+    # each process holds its own key and those of the services it calls, no other
+    for name, held in {"retriever": {"retriever"}, "judge": {"judge"}, "simulator": {"simulator", "retriever"},
+                       "trainer": set(SERVICES), "worker-0": {"retriever", "judge", "simulator"}}.items():
+        environ = Path(f"/proc/{state.pids[name]}/environ").read_bytes()
+        assert {s for s, key in keys.items() if key.encode() in environ} == held, name
+    # each service lets in its own key only: no key, or another service's, is a 401
+    for name, (method, path, body) in CALLS.items():
+        url = report["urls"][name] + path
+        assert httpx.request(method, url, json=body).status_code == 401, name
+        for other in set(SERVICES) - {name}:
+            r = httpx.request(method, url, json=body, headers={"Authorization": f"Bearer {keys[other]}"}, timeout=60)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", (name, other)
+        r = httpx.request(method, url, json=body, headers={"Authorization": f"Bearer {keys[name]}"}, timeout=60)
+        assert r.status_code == 200, (name, r.text[:300])
 
 
 def test_up_again_is_idempotent(cluster_env: dict[str, str]) -> None:
@@ -84,6 +118,40 @@ def test_python_client_reaches_every_service(cluster_env: dict[str, str]) -> Non
     docs = c.simulator.simulate({"query": "Benedict Arnold", "k": 2, "quality": "useful"}).documents
     assert len(docs) == 2
     assert isinstance(c.trainer.jobs(), list)
+    with pytest.raises(ServiceCallError) as refused:  # one service's key is no key for another
+        Cluster(c.base_urls, api_key=c.keys.of("retriever")).judge.judge(items, "em")
+    assert refused.value.status == 401
+
+
+def test_jobs_and_workers_send_each_service_its_own_key(cluster_env: dict[str, str]) -> None:
+    """Through the cluster: workers search the retriever and the simulator and ask the judge (eval episodes),
+    the trainer's own job searches the retriever (coldstart); a wrong key would only show as failed searches
+    and judge fallbacks, so every service must also have refused nothing since the checks above."""
+    c = Cluster.local()
+    before = {name: answers_by_status(c.base_urls[name]) for name in SERVICES}
+    tiny = {"max_new_tokens": 16, "max_turns": 1}
+    jobs = {
+        "retriever": c.trainer.submit("eval", {"datasets": ["hotpotqa"], "methods": ["rag"], "n": 2,
+                                               "eval": {**tiny, "metric": "llm", "stamp": "keys-retriever"}}),
+        "simulator": c.trainer.submit("eval", {"datasets": ["hotpotqa"], "methods": ["rag"], "n": 2,
+                                               "eval": {**tiny, "search_backend": "simulator",
+                                                        "stamp": "keys-simulator"}}),
+        "coldstart": c.trainer.submit("coldstart", {"qa": ["hotpotqa"], "qa_limit": 2, "ramp_limit": 0,
+                                                    "name": "keys"}),
+    }
+    for what, job in jobs.items():
+        done = c.trainer.wait(job, timeout_s=900)
+        assert done.state == "succeeded", (what, done.error)
+        result = json.loads(c.trainer.artifact(job, "result.json"))
+        if what == "coldstart":
+            assert result["searches"] > 0
+        else:
+            rag = result["methods"]["rag"]
+            assert rag["searches"] > 0 and rag["search_failures"] == 0 and rag["errors"] == 0, (what, rag)
+    after = {name: answers_by_status(c.base_urls[name]) for name in SERVICES}
+    for name in SERVICES:
+        assert after[name].get("401", 0) == before[name].get("401", 0), (name, after[name])
+    assert after["judge"].get("200", 0) > before["judge"].get("200", 0)  # the workers' judge calls got in
 
 
 def test_quickstart_notebook_runs_top_to_bottom(cluster_env: dict[str, str], tmp_path: Path) -> None:

@@ -4,7 +4,9 @@
 
 - **Submit** (:class:`services.trainer.verl.ray_jobs.RayJobs`, the Ray Jobs API at ``TRAINER_RAY_ADDRESS``):
   submission id ``searchlab-<job id>``; the runtime env names the run directory and carries
-  ``SEARCHLAB_API_KEY`` / ``SEARCHLAB_REDIS_URL`` (the agent loop and the reward read them there).
+  the services' keys (``SEARCHLAB_<SERVICE>_API_KEY``, ``SEARCHLAB_API_KEY`` for the rest: the trainer's
+  :meth:`~services.trainer.config.TrainerSettings.service_keys`) and ``SEARCHLAB_REDIS_URL`` (the agent loop
+  and the reward read them there).
 - **Follow**: Ray's status -> ``JobStatus.cluster.status`` and a ``log`` event per change; the driver log ->
   ``log`` events (``source: "ray"``, a batch of lines each) and ``cluster.log_tail`` (last 100 lines); each
   ``step:N - key:value`` line of verl's console logger -> a step report (metrics, ``metrics.jsonl``,
@@ -26,6 +28,7 @@ from typing import Any
 
 from services.trainer.jobs.context import JobCancelled, JobContext, JobDetached
 from services.trainer.verl.ray_jobs import RayJobs, RayState, StepCounter, parse_step_line
+from shared.keys import key_env
 
 TAIL_LINES = 100  # driver log lines kept on the job record
 EVENT_CHARS = 8000  # characters of log lines per event
@@ -47,8 +50,8 @@ def run_on_ray(ctx: JobContext, run_dir: Path, prepare_only: bool, total_steps: 
         sid = f"searchlab-{ctx.job_id}"
         # on the record before Ray has it: a trainer that dies right after submitting still re-attaches
         ctx.set_cluster({"address": address, "submission_id": sid, "status": "PENDING"})
-        key = ctx.settings.service_key() or ""  # what the run's agent loop and reward send to the services
-        env = {"SEARCHLAB_REDIS_URL": ctx.settings.redis_url, **({"SEARCHLAB_API_KEY": key} if key else {})}
+        # what the run's agent loop and reward send to the services (the runtime env, never a file or a log)
+        env = {"SEARCHLAB_REDIS_URL": ctx.settings.redis_url, **key_env(ctx.settings.service_keys())}
         jobs.submit(str(run_dir), python=ctx.settings.ray_python, env=env, submission_id=sid,
                     prepare_only=prepare_only, wait_services_s=ctx.settings.ray_wait_services_s,
                     num_cpus=ctx.settings.ray_entrypoint_cpus, metadata={"searchlab_job": ctx.job_id})

@@ -56,8 +56,9 @@ class RLJobConfig(RLConfig):
 
 
 class ColdStartJobConfig(ColdStartConfig):
-    """A ``coldstart`` job: the retriever's bearer token is the trainer's (``TRAINER_SERVICE_API_KEY``), read
-    when the job runs; a config never carries a secret (it is stored and shown in ``GET /jobs``)."""
+    """A ``coldstart`` job: the retriever's bearer token is the trainer's (``TRAINER_RETRIEVER_API_KEY``, else
+    ``TRAINER_SERVICE_API_KEY``), read when the job runs; a config never carries a secret (it is stored and
+    shown in ``GET /jobs``)."""
 
     retriever_url: ServiceURL | None = None  # type: ignore[assignment]  # None: the trainer's TRAINER_RETRIEVER_URL
     api_key: SecretStr | None = Field(default=None, exclude=True)  # refused: see _no_secret
@@ -66,8 +67,8 @@ class ColdStartJobConfig(ColdStartConfig):
     @classmethod
     def _no_secret(cls, v: Any) -> None:
         if v is not None:
-            raise ValueError("a job config carries no secret: the trainer sends its own key "
-                             "(TRAINER_SERVICE_API_KEY) to the services")
+            raise ValueError("a job config carries no secret: the trainer sends its own keys "
+                             "(TRAINER_<SERVICE>_API_KEY, else TRAINER_SERVICE_API_KEY) to the services")
         return None
 
 

@@ -162,7 +162,7 @@ def run_coldstart_job(ctx: JobContext) -> dict[str, Any]:
     config = ctx.config
     assert isinstance(config, ColdStartJobConfig)
     update: dict[str, Any] = {"retriever_url": _retriever_url(ctx, config.retriever_url),
-                              "api_key": ctx.settings.service_key()}  # from settings at run time, never stored
+                              "api_key": ctx.settings.service_keys().of("retriever")}  # at run time, never stored
     if config.out_dir is None:
         update["out_dir"] = str(ctx.dir / "coldstart")
     report = build_coldstart(ColdStartConfig.model_validate({**config.model_dump(exclude={"api_key"}), **update}))
@@ -210,9 +210,10 @@ def run_simulator_sft_job(ctx: JobContext) -> dict[str, Any]:
     ctx.report(0, {"stage": "examples", "label": label}, progress=0.0)
 
     rows = load_split(config.dataset, "train", config.limit)
-    key = ctx.settings.service_key()
-    searcher = RetrieverClient(url, key, timeout_s=120.0)
-    judge = JudgeClient(ctx.settings.judge_url, key) if label == "judge" and ctx.settings.judge_url else None
+    keys = ctx.settings.service_keys()
+    searcher = RetrieverClient(url, keys.of("retriever"), timeout_s=120.0)
+    judge = (JudgeClient(ctx.settings.judge_url, keys.of("judge")) if label == "judge" and ctx.settings.judge_url
+             else None)
     labeller: Labeller = JudgeLabeller(judge) if judge is not None else MetricLabeller()
     try:
         examples = build_examples(rows, searcher, labeller, k=config.k, words=config.words,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from services.trainer.learn.policy import (
     train_supervised,
 )
 from shared.client import JudgeClient
+from shared.keys import ClientKeyEnv, ServiceKeys
 from shared.metrics import best_match
 from shared.schemas import Hit, Quality, SearchMode
 from shared.simulation.documents import Doc, format_target, hit_to_doc, window_around
@@ -233,16 +233,17 @@ def sft(records: Sequence[SimExample], base_model: str | Path, out_dir: str | Pa
 # --------------------------------------------------------------------------- CLI
 
 
-def _key() -> str | None:
-    """The services' bearer token: ``SEARCHLAB_API_KEY`` (a cluster's clients all read it)."""
-    return os.environ.get("SEARCHLAB_API_KEY") or None
+def _keys() -> ServiceKeys:
+    """The services' bearer tokens: ``SEARCHLAB_RETRIEVER_API_KEY`` / ``SEARCHLAB_JUDGE_API_KEY``, else
+    ``SEARCHLAB_API_KEY`` (as every client of a cluster reads them)."""
+    return ClientKeyEnv().keys()
 
 
 def _searcher(args: argparse.Namespace) -> Searcher:
     if args.retriever_url:
         from shared.client import RetrieverClient
 
-        return RetrieverClient(args.retriever_url, _key(), timeout_s=120.0)
+        return RetrieverClient(args.retriever_url, _keys().of("retriever"), timeout_s=120.0)
     raise SystemExit("give --retriever-url (a running retriever, e.g. `searchlab up`'s) "
                      "or --examples (a JSONL written by an earlier run)")
 
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.examples:
         examples = load_examples(args.examples)
     else:
-        labeller: Labeller = JudgeLabeller(JudgeClient(args.judge_url, _key())) if args.judge_url else MetricLabeller()
+        labeller: Labeller = (JudgeLabeller(JudgeClient(args.judge_url, _keys().of("judge"))) if args.judge_url
+                              else MetricLabeller())
         rows = load_split(args.dataset, "train", args.limit)
         examples = build_examples(rows, _searcher(args), labeller, k=args.k, words=config.words,
                                   sets_per_query=args.sets_per_query)

@@ -62,14 +62,14 @@ class AsyncSearcher:
         if name == "retriever":
             if not e.retriever_url:
                 raise ValueError("search backend 'retriever' needs a retriever URL")
-            self._retriever = self._retriever or RetrieverClient(e.retriever_url, e.api_key, timeout_s=e.timeout_s,
-                                                                 max_retries=e.retries)
+            self._retriever = self._retriever or RetrieverClient(e.retriever_url, e.keys.of("retriever"),
+                                                                 timeout_s=e.timeout_s, max_retries=e.retries)
             return self._retriever
         if name == "simulator":
             if not e.simulator_url:
                 raise ValueError("search backend 'simulator' needs a simulator URL")
-            self._simulator = self._simulator or SimulatorClient(e.simulator_url, e.api_key, timeout_s=e.timeout_s,
-                                                                 max_retries=e.retries)
+            self._simulator = self._simulator or SimulatorClient(e.simulator_url, e.keys.of("simulator"),
+                                                                 timeout_s=e.timeout_s, max_retries=e.retries)
             return self._simulator
         raise ValueError(f"unknown search backend {name!r}; valid: retriever, simulator")
 

@@ -96,10 +96,12 @@ class RemoteLane:
     # -- the lane's side (its event loop) ----------------------------------------------------
     def _parts(self) -> tuple[AsyncAgent, RemoteGenerator]:
         if self._agent is None or self._generator is None:
-            judge = JudgeClient(self.judge_url, self.endpoints.api_key, timeout_s=self.judge_timeout_s) \
+            keys = self.endpoints.keys
+            judge = JudgeClient(self.judge_url, keys.of("judge"), timeout_s=self.judge_timeout_s) \
                 if self.judge_url else None
             self._agent = AsyncAgent(AsyncSearcher(self.endpoints), judge)
-            self._generator = RemoteGenerator(self.endpoints.api_key, timeout_s=self.generate_timeout_s)
+            # a rollout server is none of the four services: it gets the one key for all (WORKER_API_KEY)
+            self._generator = RemoteGenerator(keys.fallback(), timeout_s=self.generate_timeout_s)
         return self._agent, self._generator
 
     async def _tokenizer(self, name: str) -> HFTokenizer:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.client import RetrieverClient, ServiceCallError, SimulatorClient
+from shared.keys import ServiceKeys
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class SearchEndpoints:
 
     retriever_url: str | None = None
     simulator_url: str | None = None
-    api_key: str | None = None
+    keys: ServiceKeys = field(default_factory=ServiceKeys)  # each service's bearer token (none: send none)
     timeout_s: float = 30.0
     retries: int = 2
     concurrency: int = 16
@@ -88,14 +89,16 @@ class SearchEndpoints:
 def _retriever(cfg: SearchEndpoints) -> HTTPSearchBackend:
     if not cfg.retriever_url:
         raise ValueError("search backend 'retriever' needs a retriever URL (WORKER_RETRIEVER_URL)")
-    client = RetrieverClient(cfg.retriever_url, cfg.api_key, timeout_s=cfg.timeout_s, max_retries=cfg.retries)
+    client = RetrieverClient(cfg.retriever_url, cfg.keys.of("retriever"), timeout_s=cfg.timeout_s,
+                             max_retries=cfg.retries)
     return HTTPSearchBackend("retriever", client, cfg.concurrency)
 
 
 def _simulator(cfg: SearchEndpoints) -> HTTPSearchBackend:
     if not cfg.simulator_url:
         raise ValueError("search backend 'simulator' needs a simulator URL (WORKER_SIMULATOR_URL)")
-    client = SimulatorClient(cfg.simulator_url, cfg.api_key, timeout_s=cfg.timeout_s, max_retries=cfg.retries)
+    client = SimulatorClient(cfg.simulator_url, cfg.keys.of("simulator"), timeout_s=cfg.timeout_s,
+                             max_retries=cfg.retries)
     return HTTPSearchBackend("simulator", client, cfg.concurrency, send_context=True)
 
 

@@ -4,6 +4,8 @@
     WORKER_LLM__BACKEND=local WORKER_LLM__MODEL=smollm2
     WORKER_RETRIEVER_URL=http://127.0.0.1:8001 WORKER_SIMULATOR_URL=... WORKER_JUDGE_URL=...
     WORKER_BATCH_SIZE=8 WORKER_VISIBILITY_TIMEOUT_S=120 WORKER_MAX_ATTEMPTS=3
+    WORKER_API_KEY=...                  the bearer token sent to every service (and rollout server) ...
+    WORKER_RETRIEVER_API_KEY=... WORKER_SIMULATOR_API_KEY=... WORKER_JUDGE_API_KEY=...   ... but these, per service
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import LLMSettings
+from shared.keys import ServiceKeys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -30,7 +33,10 @@ class WorkerSettings(BaseSettings):
     retriever_url: str | None = None  # search backend "retriever"
     simulator_url: str | None = None  # search backend "simulator"
     judge_url: str | None = None  # answer scoring with the LLM judge (reward metric "llm")
-    api_key: SecretStr | None = None  # bearer token for the services, if they want one
+    api_key: SecretStr | None = None  # bearer token for every service without its own key below (one key for all)
+    retriever_api_key: SecretStr | None = None  # the retriever's key (its RETRIEVER_API_KEY)
+    simulator_api_key: SecretStr | None = None  # the simulator's key (its SIMULATOR_API_KEY)
+    judge_api_key: SecretStr | None = None  # the judge's key (its JUDGE_API_KEY)
     batch_size: int = Field(default=8, ge=1)  # episodes generated together (per-turn batching)
     block_ms: int = Field(default=1000, ge=1)  # how long one XREADGROUP waits for new episodes
     batch_wait_ms: int = Field(default=100, ge=0)  # after a partial batch arrives, wait this long to fill it
@@ -55,6 +61,11 @@ class WorkerSettings(BaseSettings):
         if not self.redis_url:
             self.redis_url = os.environ.get("SEARCHLAB_REDIS_URL", DEFAULT_REDIS_URL)
         return self
+
+    def keys(self) -> ServiceKeys:
+        """What the worker sends to each service: its own key, else ``api_key``."""
+        return ServiceKeys(default=self.api_key, retriever=self.retriever_api_key, simulator=self.simulator_api_key,
+                           judge=self.judge_api_key)
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -143,9 +143,9 @@ class Worker:
         self.queue = EpisodeQueue(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s,
                                   max_attempts=settings.max_attempts,
                                   episode_deadline_s=settings.episode_deadline_s)
-        api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        keys = settings.keys()
         endpoints = SearchEndpoints(
-            retriever_url=settings.retriever_url, simulator_url=settings.simulator_url, api_key=api_key,
+            retriever_url=settings.retriever_url, simulator_url=settings.simulator_url, keys=keys,
             timeout_s=settings.search_timeout_s, retries=settings.search_retries,
             concurrency=settings.search_concurrency)
         self.search = SearchRegistry(endpoints)
@@ -154,7 +154,7 @@ class Worker:
                                judge_url=settings.judge_url, judge_timeout_s=settings.judge_timeout_s,
                                generate_timeout_s=settings.generate_timeout_s, on_done=self._count,
                                write=self.write)
-        self.judge = (JudgeClient(settings.judge_url, api_key, timeout_s=settings.judge_timeout_s)
+        self.judge = (JudgeClient(settings.judge_url, keys.of("judge"), timeout_s=settings.judge_timeout_s)
                       if settings.judge_url else None)
         self.policies = Policies(settings)
         self._inflight: list[Delivery] = []

@@ -83,7 +83,7 @@ def _process(config: LoopConfig) -> _Process:
         runtime = LoopRuntime()
         job_id = f"{config.job_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         endpoints = SearchEndpoints(retriever_url=config.retriever_url, simulator_url=config.simulator_url,
-                                    api_key=runtime.key(), timeout_s=config.search_timeout_s,
+                                    keys=runtime.keys(), timeout_s=config.search_timeout_s,
                                     retries=config.search_retries, concurrency=config.search_concurrency)
         queue = waiter = None
         if config.dispatch == "queue":

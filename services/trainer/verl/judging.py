@@ -54,5 +54,5 @@ def judge_for(url: str) -> JudgeBatcher:
     """One batcher per event loop and judge URL (verl's reward workers are async Ray actors)."""
     key = (id(asyncio.get_running_loop()), url)
     if key not in _JUDGES:
-        _JUDGES[key] = JudgeBatcher(url, LoopRuntime().key())
+        _JUDGES[key] = JudgeBatcher(url, LoopRuntime().keys().of("judge"))
     return _JUDGES[key]

@@ -2,20 +2,21 @@
 
 The run directory's ``agent_loop.yaml`` (verl's ``actor_rollout_ref.rollout.agent.agent_loop_config_path``)
 names the loop and carries a :class:`LoopConfig` under ``searchlab:``; verl instantiates the loop once
-per sample with it (``hydra.utils.instantiate``). Secrets never go there: the services' bearer token
+per sample with it (``hydra.utils.instantiate``). Secrets never go there: the services' bearer tokens
 and the Redis URL come from the environment of the processes verl starts (:class:`LoopRuntime`,
-``SEARCHLAB_API_KEY`` / ``SEARCHLAB_REDIS_URL``), so neither the parquet, the YAML nor the command line
-holds a key.
+``SEARCHLAB_<SERVICE>_API_KEY`` per service, ``SEARCHLAB_API_KEY`` for the rest, ``SEARCHLAB_REDIS_URL``),
+so neither the parquet, the YAML nor the command line holds a key.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from services.trainer.learn.rl_curriculum import BackendChoice, NoiseSpec
+from shared.keys import ClientKeyEnv
 
 AGENT_NAME = "searchlab"  # the name verl's registry knows the loop by (default_agent_loop)
 TRACE_KEY = "searchlab"  # AgentLoopOutput.extra_fields key of the trajectory's structure (the reward reads it)
@@ -57,13 +58,11 @@ class LoopConfig(BaseModel):
         return self
 
 
-class LoopRuntime(BaseSettings):
-    """Read by the loop where verl runs it (a Ray actor): secrets and cluster addresses only."""
+class LoopRuntime(ClientKeyEnv):
+    """Read by the loop and the reward where verl runs them (Ray actors): secrets and cluster addresses only.
+    The services' keys are :class:`shared.keys.ClientKeyEnv`'s (``keys()``): ``SEARCHLAB_RETRIEVER_API_KEY``,
+    ``SEARCHLAB_SIMULATOR_API_KEY``, ``SEARCHLAB_JUDGE_API_KEY``, and ``SEARCHLAB_API_KEY`` for any not set."""
 
     model_config = SettingsConfigDict(env_prefix="SEARCHLAB_", extra="ignore")
 
-    api_key: SecretStr | None = None  # SEARCHLAB_API_KEY: bearer token of the retriever, simulator, judge
     redis_url: str = "redis://127.0.0.1:6379/0"  # SEARCHLAB_REDIS_URL: the episode queue (dispatch=queue)
-
-    def key(self) -> str | None:
-        return self.api_key.get_secret_value() if self.api_key else None

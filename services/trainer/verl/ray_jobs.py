@@ -189,12 +189,15 @@ def submit_and_follow(run_dir: str, address: str, *, python: str = "python", pre
                       wait_services_s: float = 600.0) -> int:
     """``searchlab train --engine verl --ray-address URL``: the run on a Ray cluster, its log on stdout until it
     ends (0: SUCCEEDED). ``run_dir`` must be a path the cluster sees the same (a shared volume); the services'
-    key and the Redis URL go in the runtime env from this shell's ``SEARCHLAB_API_KEY`` / ``SEARCHLAB_REDIS_URL``."""
+    keys and the Redis URL go in the runtime env from this shell's ``SEARCHLAB_<SERVICE>_API_KEY`` /
+    ``SEARCHLAB_API_KEY`` / ``SEARCHLAB_REDIS_URL``."""
     import os
     import sys
 
     jobs = RayJobs(address)
-    env = {k: os.environ[k] for k in ("SEARCHLAB_API_KEY", "SEARCHLAB_REDIS_URL") if os.environ.get(k)}
+    from shared.keys import ClientKeyEnv, key_env
+
+    env = {k: os.environ[k] for k in ("SEARCHLAB_REDIS_URL",) if os.environ.get(k)} | key_env(ClientKeyEnv().keys())
     sid = f"searchlab-{os.path.basename(run_dir.rstrip('/'))}-{int(time.time())}"
     jobs.submit(run_dir, python=python, env=env, submission_id=sid, prepare_only=prepare_only,
                 wait_services_s=wait_services_s)

@@ -22,7 +22,8 @@ policy or by the environment, and the searches the environment really ran. The s
 
 ``reward_kwargs`` (``reward.custom_reward_function.reward_kwargs``): ``reward``, ``metric``,
 ``format_weight``, ``template``, ``min_searches``, ``judge_url``, ``overlong_max`` / ``overlong_buffer``
-/ ``overlong_penalty``. The judge's bearer token comes from ``SEARCHLAB_API_KEY``, never from the config.
+/ ``overlong_penalty``. The judge's bearer token comes from ``SEARCHLAB_JUDGE_API_KEY`` (else ``SEARCHLAB_API_KEY``), never from
+the config.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ masksearch) and checks it in verl's own config tree before anything is launched:
 
 Sizes are checked against the data: a train batch larger than a stage's training rows is an error
 naming both numbers (verl drops the last partial batch: the dataloader would be empty). No secret is
-written anywhere: the services' bearer token and the Redis URL reach the loop and the reward through
-the environment of the launched processes (``SEARCHLAB_API_KEY``, ``SEARCHLAB_REDIS_URL``).
+written anywhere: the services' bearer tokens and the Redis URL reach the loop and the reward through
+the environment of the launched processes (``SEARCHLAB_<SERVICE>_API_KEY`` / ``SEARCHLAB_API_KEY``,
+``SEARCHLAB_REDIS_URL``).
 
 Composing and validating run on CPU (tested); launching needs GPUs, Ray and the ``gpu`` extras.
 
@@ -86,7 +87,7 @@ class VerlRun:
 
     def script(self) -> str:
         lines = ["#!/usr/bin/env bash", "# written by searchlab (services/trainer/verl/run.py); needs GPUs, Ray and",
-                 "# the gpu extras; SEARCHLAB_API_KEY and SEARCHLAB_REDIS_URL come from the environment", "set -euo pipefail",
+                 "# the gpu extras; the SEARCHLAB_*API_KEY keys and SEARCHLAB_REDIS_URL come from the environment", "set -euo pipefail",
                  f'export PYTHONPATH="{REPO}${{PYTHONPATH:+:$PYTHONPATH}}"',
                  # verl's tensorboard logger writes into the run folder, as a local job's tracker does, so
                  # `searchlab tensorboard` shows verl and local runs side by side

@@ -17,6 +17,7 @@ from services.trainer.verl.overrides import compose
 from services.trainer.verl.recipes import RECIPES
 from services.trainer.verl.run import VerlConfig
 from shared.data import load_split, split_of
+from shared.keys import SERVICES
 
 URLS = {"retriever_url": "http://127.0.0.1:8001/", "simulator_url": "http://127.0.0.1:8003",
         "judge_url": "http://127.0.0.1:8002"}
@@ -46,6 +47,8 @@ def ramp_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runs(tmp_path_factory: pytest.TempPathFactory, ramp_samples: Path) -> dict[str, verl_engine.VerlRun]:
     mp = pytest.MonkeyPatch()
     mp.setenv("SEARCHLAB_API_KEY", SECRET)  # in the environment while the run is written: must not leak into it
+    for service in SERVICES:  # nor any service's own key
+        mp.setenv(f"SEARCHLAB_{service.upper()}_API_KEY", f"{SECRET}-{service}")
     out = {}
     for name in RECIPES:
         cfg = VerlConfig(recipe=name, model_path="/models/policy", train_batch_size=8, ramp_samples=str(ramp_samples),
@@ -144,7 +147,7 @@ def test_no_key_in_any_written_file(runs: dict[str, verl_engine.VerlRun]) -> Non
         files = [p for p in run.out_dir.rglob("*") if p.is_file()]
         assert any(p.suffix == ".parquet" for p in files) and any(p.name == "command.sh" for p in files)
         for path in files:
-            assert SECRET.encode() not in path.read_bytes(), path
+            assert SECRET.encode() not in path.read_bytes(), path  # the prefix of every service's key too
         report = json.loads((run.out_dir / "run.json").read_text())
         assert report["recipe"] == run.recipe and report["commands"]
 
