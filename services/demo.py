@@ -8,7 +8,9 @@
     -> eval       the trained policy next to direct / rag / agent (same model, same retriever) on the
                   HotpotQA *eval* part (or on --eval-data files)
     -> report     report.md (table + curves), report.json, curves.png; last line:
-                  ``BENCH e2e policy_cover_em=... rag_cover_em=... agent_cover_em=... direct_cover_em=... n=...``
+                  ``BENCH e2e policy_cover_em=... rag_cover_em=... agent_cover_em=... direct_cover_em=...
+                  policy_acc=... (rag, agent, direct) policy_answered=... (rag, agent, direct) n=...``
+                  (cover_em: whole-token containment, ours; acc: Search-R1 subem / FlashRAG acc)
 
 Every stage is a job on the trainer's API (so it shows in ``GET /jobs`` with events and artifacts).
 Sizes: the default finishes in about 30 minutes on 2 idle cores, ``--quick`` in about 10.
@@ -32,12 +34,14 @@ from typing import Any, get_args
 from shared.client import TrainerClient
 from shared.config import cache_dir
 from shared.keys import ClientKeyEnv, ServiceKeys
+from shared.metrics import METRIC_DEFINITIONS
 from shared.schemas import JobKind
 
 log = logging.getLogger(__name__)
 
 METHODS = ("policy", "rag", "agent", "direct")
-SCORES = ("cover_em", "em", "f1", "recall", "n")
+SCORES = ("cover_em", "acc", "em", "f1", "recall", "answered", "n")
+TABLE_SCORES = ("cover_em", "acc", "em", "f1", "recall")  # report.md columns after n and answered
 
 
 @dataclass(frozen=True)
@@ -165,13 +169,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"Model `{report['model']}`: RAMP data -> cold-start SFT -> GRPO -> evaluation on "
         f"{', '.join(report['datasets'])} ({'eval part' if report['datasets'] == ['hotpotqa'] else 'given files'}, "
         f"n = {n}). Training never saw these questions (train/eval split of `shared/data.py`).", "",
-        "| method | n | cover-EM | EM | F1 | recall | turns | searches |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"Scores in %. answered = ended with a non-empty answer; {'; '.join(METRIC_DEFINITIONS[k] for k in TABLE_SCORES)}.",
+        "", "| method | n | answered | cover-EM | acc | EM | F1 | recall | turns | searches |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in METHODS:
         if name in methods:
             m = methods[name]
-            lines.append(f"| {name} | {m['n']} | {100 * m['cover_em']:.1f} | {100 * m['em']:.1f} | {100 * m['f1']:.1f} "
-                         f"| {100 * m['recall']:.1f} | {m['turns']:.2f} | {m['searches']:.2f} |")
+            scores = " | ".join(f"{100 * m.get(k, 0.0):.1f}" for k in ("answered", *TABLE_SCORES))
+            lines.append(f"| {name} | {m['n']} | {scores} | {m['turns']:.2f} | {m['searches']:.2f} |")
     lines += ["", "`policy` = SFT + GRPO checkpoint; `rag` = retrieve once with the question; `agent` = the prompted "
               "search agent; `direct` = no search. Same base model, retriever and turn budget for all.", "",
               "## Training", "",
@@ -186,7 +192,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def bench_line(report: dict[str, Any]) -> str:
     methods = report["methods"]
-    parts = [f"{name}_cover_em={methods.get(name, {}).get('cover_em', 0.0):.4f}" for name in METHODS]
+    parts = [f"{name}_{key}={methods.get(name, {}).get(key, 0.0):.4f}"
+             for key in ("cover_em", "acc", "answered") for name in METHODS]  # cover_em keys first, as before
     n = max((m["n"] for m in methods.values()), default=0)
     return "BENCH e2e " + " ".join(parts) + f" n={n}"
 

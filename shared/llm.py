@@ -50,6 +50,10 @@ class SamplingParams:
     top_p: float = 1.0  # nucleus sampling mass
     stop: list[str] = field(default_factory=list)  # generation ends after the first of these strings
     seed: int | None = None  # for reproducible sampling
+    # Until N non-blank tokens are out, the local backend masks EOS and every token with "<" (no tag opens or
+    # closes, so no "</answer>" stop): the text cannot end empty, and a text that had content first is
+    # unchanged. Log-probs stay the model's own. SGLang gets it as min_new_tokens (EOS held back). 0 = off.
+    min_content_tokens: int = 0
 
 
 @dataclass
@@ -119,6 +123,7 @@ class LocalBackend(_Tokenization):
         model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
         self.model = model.to(self.device).eval()
         self.eos_ids = self._eos_ids()
+        self._content_rule: tuple[Any, set[int]] | None = None  # (held-back ids, blank ids), built on first use
         self._lock = threading.Lock()
 
     def _eos_ids(self) -> set[int]:
@@ -129,6 +134,24 @@ class LocalBackend(_Tokenization):
             elif isinstance(source, list):
                 ids.update(source)
         return ids
+
+    def _min_content_rule(self) -> tuple[Any, set[int]]:
+        """For :attr:`SamplingParams.min_content_tokens`: the ids held back (EOS, tokens whose text has "<",
+        special tokens included, ids past the tokenizer) and the blank ids (whitespace only), which do not
+        count as content."""
+        if self._content_rule is None:
+            import torch
+
+            vocab = int(self.model.get_output_embeddings().weight.shape[0])
+            held, blank = set(self.eos_ids), set()
+            for i in range(vocab):
+                text = self.tokenizer.decode([i]) if i < len(self.tokenizer) else "<"
+                if "<" in text:
+                    held.add(i)
+                elif not text.strip():
+                    blank.add(i)
+            self._content_rule = torch.tensor(sorted(held), dtype=torch.long, device=self.model.device), blank
+        return self._content_rule
 
     # -- generation ---------------------------------------------------------------------
     def chat(self, conversations: Sequence[Messages], sampling: SamplingParams) -> list[str]:
@@ -182,6 +205,7 @@ class LocalBackend(_Tokenization):
         finish: list[str | None] = [None] * n
         stop_hit: list[str | None] = [None] * n
         longest_stop = max((len(s) for s in sampling.stop), default=0)
+        content = [0] * n  # non-blank tokens so far, for min_content_tokens
 
         cur = input_ids
         alive = list(range(n))  # batch row -> prompt index; finished rows leave the batch
@@ -195,12 +219,20 @@ class LocalBackend(_Tokenization):
                 past = out.past_key_values
                 logits = out.logits[:, -1, :].float()  # (rows, vocab)
                 logp = torch.log_softmax(logits, dim=-1)
+                short = [row for row, i in enumerate(alive) if content[i] < sampling.min_content_tokens]
+                if short:  # these rows may not end or open a tag yet
+                    held, blank = self._min_content_rule()
+                    rows_short = torch.tensor(short, dtype=torch.long, device=device)
+                    logits = logits.clone()
+                    logits[rows_short.unsqueeze(-1), held.unsqueeze(0)] = float("-inf")
                 next_tok = self._choose(logits, sampling, generator)  # (rows,)
                 keep: list[int] = []
                 for row, i in enumerate(alive):
                     tok = int(next_tok[row])
                     out_ids[i].append(tok)
                     out_lp[i].append(float(logp[row, tok]))
+                    if short and tok not in blank:
+                        content[i] += 1
                     if tok in self.eos_ids:
                         finish[i] = "stop"
                     elif sampling.stop:

@@ -1,14 +1,28 @@
 """Answer metrics: the one definition of "correct" for evaluation, the judge's rule methods and RL rewards.
 
-Normalization is SQuAD's / FlashRAG's: lowercase, drop ASCII punctuation (``string.punctuation``),
-drop the articles a/an/the, collapse whitespace. Every metric below compares *normalized* strings:
+Normalization is SQuAD's / FlashRAG's / Search-R1's: lowercase, drop ASCII punctuation
+(``string.punctuation``), drop the articles a/an/the, collapse whitespace. Every metric below compares
+*normalized* strings, and each says how it sits beside the field's code (Search-R1
+``verl/utils/reward_score/qa_em.py``, FlashRAG ``flashrag/evaluator/metrics.py``, HotpotQA
+``hotpot_evaluate_v1.py``), so a column can be set beside a paper's table:
 
-- ``exact_match``  normalized prediction == normalized gold.
-- ``cover_em``     normalized gold is contained in normalized prediction (FlashRAG's "acc"; the
-                   containment is on whole tokens, so gold "art" does not match prediction "martial").
-- ``f1_score``     token-level F1 over token multisets; when either side normalizes to one of
-                   yes / no / noanswer and the two differ, F1 is 0 (HotpotQA's rule).
-- ``token_recall`` MaskSearch's |gold ∩ pred| / |gold| over token multisets.
+- ``exact_match``  (``em``) normalized prediction == normalized gold. The same as Search-R1's
+                   ``em_check``, FlashRAG's ``em`` and HotpotQA's EM.
+- ``substring_acc`` (``acc``) normalized gold is a substring of the normalized prediction: the field's
+                   "accuracy", Search-R1's ``subem_check`` and FlashRAG's ``Sub_ExactMatch`` (``acc``), so
+                   gold "Paris" matches "Parisian". One deviation: a gold that normalizes to nothing ("The")
+                   never matches (the references count "" as contained in everything).
+- ``cover_em``     ours, stricter than ``acc``: the normalized gold occurs in the normalized prediction on
+                   *whole-token* boundaries, so gold "art" does not match "martial arts" nor "Paris"
+                   "Parisian". Unicode punctuation (curly quotes, "…", "—", "«»", …) counts as a boundary,
+                   so gold "Hello" is covered by "“Hello”" although ASCII-only normalization keeps the
+                   quotes. On ASCII text ``cover_em <= acc``.
+- ``f1_score``     (``f1``) token-level F1 over token multisets, HotpotQA's / FlashRAG's: when either side
+                   normalizes to one of yes / no / noanswer and the two differ, F1 is 0; no common token
+                   (both sides empty included) is 0.
+- ``token_recall`` (``recall``) |gold ∩ pred| / |gold| over token multisets: MaskSearch's recall reward
+                   with FlashRAG's / HotpotQA's rules (the yes / no / noanswer rule, 0 without a common
+                   token), i.e. FlashRAG's ``recall``.
 
 Several gold answers: ``best_match(prediction, golds, metric)`` returns the maximum score and the gold
 that reached it. FanOutQA rows carry a structured ``answer_raw`` (dict / list / str / number / bool):
@@ -20,6 +34,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +42,7 @@ from typing import Any
 
 __all__ = [
     "METRICS",
+    "METRIC_DEFINITIONS",
     "MatchResult",
     "MetricFn",
     "answer_raw_recall",
@@ -39,6 +55,7 @@ __all__ = [
     "gold_answers",
     "normalize_answer",
     "score_answer",
+    "substring_acc",
     "token_recall",
     "tokens",
 ]
@@ -79,56 +96,82 @@ def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def cover_em(prediction: str, gold: str) -> float:
-    """1.0 when the normalized gold occurs in the normalized prediction on token boundaries.
-
-    An empty normalized gold never matches (it would be "contained" in everything).
-    """
+def substring_acc(prediction: str, gold: str) -> float:
+    """1.0 when the normalized gold is a substring of the normalized prediction (Search-R1 ``subem``,
+    FlashRAG ``acc``): gold "Paris" matches "Parisian". An empty normalized gold never matches."""
     norm_gold = normalize_answer(gold)
+    return float(bool(norm_gold) and norm_gold in normalize_answer(prediction))
+
+
+def _boundary_tokens(normalized: str) -> str:
+    """``normalized`` with every Unicode punctuation character (category P*) turned into a space, the
+    whitespace collapsed: the token boundaries ``cover_em`` matches on."""
+    spaced = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in normalized)
+    return " ".join(spaced.split())
+
+
+def cover_em(prediction: str, gold: str) -> float:
+    """1.0 when the normalized gold occurs in the normalized prediction on whole-token boundaries.
+
+    Stricter than the field's substring ``acc`` (:func:`substring_acc`): gold "Paris" does not match
+    "Parisian". Unicode punctuation is a boundary on both sides, so "“Hello”" covers gold "Hello" and "Paris…"
+    covers "Paris". An empty normalized gold never matches (it would be "contained" in everything).
+    """
+    norm_gold = _boundary_tokens(normalize_answer(gold))
     if not norm_gold:
         return 0.0
-    return float(f" {norm_gold} " in f" {normalize_answer(prediction)} ")
+    return float(f" {norm_gold} " in f" {_boundary_tokens(normalize_answer(prediction))} ")
 
 
 def _overlap(pred_tokens: list[str], gold_tokens: list[str]) -> int:
     return sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
 
 
-def f1_score(prediction: str, gold: str) -> float:
-    """Token-level F1 over token multisets, with the yes/no/noanswer rule.
-
-    If either normalized side is one of yes / no / noanswer and the two differ, the score is 0.
-    If either side has no tokens, the score is 1.0 only when both are empty.
-    """
+def _precision_recall(prediction: str, gold: str) -> tuple[float, float]:
+    """Token precision and recall with HotpotQA's / FlashRAG's rules: (0, 0) when either normalized side
+    is one of yes / no / noanswer and the two differ, or when no token is shared (both sides empty too)."""
     norm_pred, norm_gold = normalize_answer(prediction), normalize_answer(gold)
     if (norm_pred in _SPECIAL or norm_gold in _SPECIAL) and norm_pred != norm_gold:
-        return 0.0
+        return 0.0, 0.0
     pred_tokens, gold_tokens = norm_pred.split(), norm_gold.split()
-    if not pred_tokens or not gold_tokens:
-        return float(pred_tokens == gold_tokens)
     common = _overlap(pred_tokens, gold_tokens)
     if common == 0:
+        return 0.0, 0.0
+    return common / len(pred_tokens), common / len(gold_tokens)
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    """Token-level F1 over token multisets, HotpotQA's / FlashRAG's ``f1`` (rules in
+    :func:`_precision_recall`: a yes / no / noanswer mismatch and two empty sides score 0)."""
+    precision, recall = _precision_recall(prediction, gold)
+    if precision + recall == 0:
         return 0.0
-    precision = common / len(pred_tokens)
-    recall = common / len(gold_tokens)
     return 2 * precision * recall / (precision + recall)
 
 
 def token_recall(prediction: str, gold: str) -> float:
-    """MaskSearch's recall: |gold ∩ pred| / |gold| over token multisets (0.0 for an empty gold)."""
-    gold_tokens = tokens(gold)
-    if not gold_tokens:
-        return 0.0
-    return _overlap(tokens(prediction), gold_tokens) / len(gold_tokens)
+    """|gold ∩ pred| / |gold| over token multisets (MaskSearch's recall reward), with FlashRAG's ``recall``
+    rules: pred "yes or no" against gold "no" is 0, not 1; an empty gold is 0."""
+    return _precision_recall(prediction, gold)[1]
 
 
 METRICS: dict[str, MetricFn] = {
     "em": exact_match,
+    "acc": substring_acc,
     "cover_em": cover_em,
     "f1": f1_score,
     "recall": token_recall,
 }
 """Registry of rule metrics by name (the judge's rule methods use the same names)."""
+
+METRIC_DEFINITIONS: dict[str, str] = {
+    "em": "EM: normalized exact match (= Search-R1 em, FlashRAG em)",
+    "acc": "acc: normalized gold is a substring of the answer (= Search-R1 subem, FlashRAG acc)",
+    "cover_em": "cover-EM: normalized gold in the answer on whole-token boundaries (ours; stricter than acc)",
+    "f1": "F1: token F1 with HotpotQA's yes/no rule (= FlashRAG f1, HotpotQA f1)",
+    "recall": "recall: token recall with the yes/no rule (= FlashRAG recall)",
+}
+"""One line per metric saying which definition it is, for report and table headers."""
 
 
 def get_metric(name: str) -> MetricFn:

@@ -99,7 +99,7 @@ class RewardConfig:
     """Settings shared by every reward function; each uses the fields it needs."""
 
     template: str = "search_r1"  # protocol template name (tags, boxed answers)
-    metric: str = "f1"  # metrics registry name: em | cover_em | f1 | recall
+    metric: str = "f1"  # metrics registry name: em | acc | cover_em | f1 | recall
     format_weight: float = 0.2  # hybrid: added when the format check passes
     answer_weight: float = 1.0  # hybrid: multiplies the answer score
     structure_format_score: float = 0.2  # search_r1: well-formed response without a correct answer

@@ -104,7 +104,7 @@ class RetrieveResponse(BaseModel):
 
 # --------------------------------------------------------------------------- judge
 
-JudgeMethod = Literal["llm", "em", "f1", "cover_em", "recall"]
+JudgeMethod = Literal["llm", "em", "f1", "acc", "cover_em", "recall"]
 
 
 class JudgeItem(BaseModel):
@@ -234,10 +234,13 @@ class EpisodeSampling(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
+    # The answer turn (the environment opened the answer block: direct / rag, an agent's final turn, or its
+    # one retry after an empty answer) may not end before this many non-blank tokens; 0 = off (RL).
+    min_answer_tokens: int = Field(default=0, ge=0, le=MAX_NEW_TOKENS)
 
 
 class EpisodeRewardSpec(BaseModel):
-    metric: str = "f1"  # answer metric: em | cover_em | f1 | recall | llm (the judge)
+    metric: str = "f1"  # answer metric: em | acc | cover_em | f1 | recall | llm (the judge)
     format_weight: float = 0.0  # hybrid reward = format_weight * format + answer
     kind: str = "hybrid"  # reward function name in shared.rewards
 
@@ -308,7 +311,7 @@ class EpisodeResult(BaseModel):
     answer: str | None = None
     reward: float = 0.0
     reward_parts: dict[str, float] = Field(default_factory=dict)
-    scores: dict[str, float] = Field(default_factory=dict)  # em, cover_em, f1, recall of the answer
+    scores: dict[str, float] = Field(default_factory=dict)  # em, acc, cover_em, f1, recall of the answer
     turns: int = 0
     searches: int = 0
     search_failures: int = 0

@@ -41,6 +41,8 @@ def sglang_generate_body(prompt: list[int], sampling: SamplingParams,
         params["stop"] = sampling.stop
     if sampling.seed is not None:
         params["sampling_seed"] = sampling.seed
+    if sampling.min_content_tokens:
+        params["min_new_tokens"] = sampling.min_content_tokens
     return {"input_ids": prompt, "sampling_params": params, "return_logprob": True, "logprob_start_len": -1}
 
 

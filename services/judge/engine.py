@@ -1,6 +1,6 @@
 """The judge engine: scores (question, gold, prediction) items by an LLM verdict or a rule metric.
 
-- Rule methods (``em``, ``cover_em``, ``f1``, ``recall``) are :mod:`shared.metrics` (max over gold).
+- Rule methods (``em``, ``acc``, ``cover_em``, ``f1``, ``recall``) are :mod:`shared.metrics` (max over gold).
 - ``llm`` renders a versioned prompt (:mod:`services.judge.prompts`), looks the verdict up in the
   Redis cache, sends the misses through the shared :class:`shared.batching.MicroBatcher` (items of
   concurrent requests share backend batches; identical items in flight are judged once) and parses each reply into
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Judge", "JudgeBackendError", "JudgeInputError", "QueueFull", "RULE_METHODS"]
 
-RULE_METHODS = tuple(METRICS)  # em, cover_em, f1, recall
+RULE_METHODS = tuple(METRICS)  # em, acc, cover_em, f1, recall
 
 
 class JudgeInputError(ValueError):

@@ -14,8 +14,9 @@ a path to any JSONL of the same schema (taken whole). Methods, all with the same
 
 Each method is one job on the queue (``eval-<stamp>-<method>``); rollout workers must be running
 (``searchlab up``), or pass ``--workers N`` to start N local workers for the run. Reported per method
-and dataset: EM, cover-EM, F1 and token recall (``shared.metrics``), mean turns and searches, failed
-searches and errors. Writes ``report.md``, ``report.json`` and ``report.png`` (bar chart) to ``--out``, and
+and dataset: the answered rate (episodes that ended with a non-empty answer) beside EM, acc, cover-EM, F1
+and token recall (``shared.metrics``; the report's header says which definition each column is, e.g. acc
+= Search-R1's subem / FlashRAG's acc), mean turns and searches, failed searches and errors. Writes ``report.md``, ``report.json`` and ``report.png`` (bar chart) to ``--out``, and
 ``predictions.jsonl`` beside them (as FlashRAG keeps its intermediate data): one line per method and question
 with the question, gold answers, the prediction, the trajectory's turns (policy / observation) and searches,
 and each metric's score, the same numbers the report averages.
@@ -42,7 +43,7 @@ from services.trainer.rollout.queue import EpisodeQueue
 from shared.config import cache_dir
 from shared.confine import SafeName
 from shared.data import canonical_name, load_questions
-from shared.metrics import gold_answers
+from shared.metrics import METRIC_DEFINITIONS, gold_answers
 from shared.processes import Proc, spawn
 from shared.schemas import (
     MAX_NEW_TOKENS,
@@ -61,7 +62,7 @@ from shared.schemas import (
 log = logging.getLogger(__name__)
 
 BASE_METHODS = ("direct", "rag", "agent")
-SCORES = ("em", "cover_em", "f1", "recall")
+SCORES = ("em", "acc", "cover_em", "f1", "recall")
 
 
 class EvalConfig(BaseModel):
@@ -75,6 +76,10 @@ class EvalConfig(BaseModel):
     max_turns: int = Field(default=3, ge=1, le=MAX_TURNS)  # search turns before the forced final answer
     max_total_tokens: int = Field(default=768, ge=16, le=MAX_TOTAL_TOKENS)  # response budget (policy + observation)
     obs_max_tokens: int = Field(default=256, ge=8, le=MAX_OBS_TOKENS)  # each observation (and RAG context) cut to it
+    # Every method's answer turn holds EOS and tags back until it has this many non-blank tokens, so a model that
+    # would close <answer> at once still answers (an answer with content anyway is unchanged); the same rule for
+    # direct, rag, agent and policy. 0 = off (the model may answer nothing, and that scores 0).
+    min_answer_tokens: int = Field(default=1, ge=0, le=MAX_NEW_TOKENS)
     temperature: float = Field(default=0.0, ge=0.0, le=10.0)  # greedy by default: evaluation is deterministic
     seed: int = 0
     timeout_s: float = Field(default=4 * 3600, gt=0, le=7 * 24 * 3600)  # for the whole run
@@ -118,7 +123,7 @@ def build_requests(rows: dict[str, list[dict[str, Any]]], method: str, config: E
     job = job_id_for(config, method)
     policy = PolicyRef(owner=job, version=0, path=checkpoint or model)
     sampling = EpisodeSampling(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                               seed=config.seed)
+                               seed=config.seed, min_answer_tokens=config.min_answer_tokens)
     return [
         EpisodeRequest(
             job_id=job, episode_id=f"{label}:{row['id']}", method=kind, policy=policy,  # type: ignore[arg-type]
@@ -194,18 +199,21 @@ def _decoders(model: str) -> Callable[[str], Decode]:
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation {report['stamp']}", "",
              f"Model: `{report['model']}`; retriever top-{report['config']['topk']}; "
-             f"{report['config']['max_new_tokens']} new tokens per turn, {report['config']['max_turns']} turns; "
-             "scores in %.", ""]
+             f"{report['config']['max_new_tokens']} new tokens per turn, {report['config']['max_turns']} turns, "
+             f"answer turns end after at least {report['config'].get('min_answer_tokens', 0)} non-blank token(s); "
+             "scores in %.", "",
+             "Columns: answered = episodes that ended with a non-empty answer (a missing answer scores 0 "
+             "everywhere); " + "; ".join(METRIC_DEFINITIONS[s] for s in SCORES) + ".", ""]
     datasets = sorted({d for m in report["methods"].values() for d in m["datasets"]})
     for d in datasets:
-        lines += [f"## {d}", "", "| method | n | EM | cover-EM | F1 | recall | answered | turns | searches "
-                  "| failed searches | errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {d}", "", "| method | n | answered | EM | acc | cover-EM | F1 | recall | turns | searches "
+                  "| failed searches | errors |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for method, m in report["methods"].items():
             s = m["datasets"].get(d)
             if s is None:
                 continue
-            lines.append(f"| {method} | {int(s['n'])} | {100 * s['em']:.1f} | {100 * s['cover_em']:.1f} | "
-                         f"{100 * s['f1']:.1f} | {100 * s['recall']:.1f} | {100 * s['answered']:.0f} | "
+            scores = " | ".join(f"{100 * s.get(k, 0.0):.1f}" for k in SCORES)
+            lines.append(f"| {method} | {int(s['n'])} | {100 * s['answered']:.1f} | {scores} | "
                          f"{s['turns']:.2f} | {s['searches']:.2f} | {int(s['search_failures'])} | {int(s['errors'])} |")
         lines.append("")
     return "\n".join(lines)
@@ -265,7 +273,8 @@ def run_eval(datasets: Sequence[str], methods: Sequence[str], redis_url: str, ou
     report: dict[str, Any] = {
         "stamp": config.stamp, "model": model, "datasets": {d: len(r) for d, r in rows.items()},
         "config": config.model_dump(), "elapsed_s": time.monotonic() - started,
-        "jobs": {m: job_id_for(config, m) for m in methods}, "methods": aggregate(by_method),
+        "jobs": {m: job_id_for(config, m) for m in methods}, "metrics": {s: METRIC_DEFINITIONS[s] for s in SCORES},
+        "methods": aggregate(by_method),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -337,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(markdown(report) + "\n")
     sys.stdout.write(f"report: {out}/report.md, report.json, report.png, predictions.jsonl\n")
     if args.json:
-        table = {m: {s: v[s] for s in (*SCORES, "turns", "searches")} for m, v in report["methods"].items()}
+        table = {m: {s: v[s] for s in ("answered", *SCORES, "turns", "searches")} for m, v in report["methods"].items()}
         sys.stdout.write(json.dumps(table) + "\n")
     return 0
 

@@ -185,7 +185,7 @@ def run_eval_job(ctx: JobContext) -> dict[str, Any]:
     ctx.write_result({**report, "files": {n: str(out / n) for n in files}})
     final: dict[str, Any] = {}
     for method, m in report["methods"].items():
-        for score in ("cover_em", "em", "f1", "recall", "n"):
+        for score in ("cover_em", "acc", "em", "f1", "recall", "answered", "n"):
             final[f"{method}/{score}"] = float(m.get(score, 0.0))
     return final
 

@@ -44,7 +44,7 @@ from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 
 log = logging.getLogger(__name__)
 
-KeepRule = Literal["judge", "em", "cover_em", "f1", "recall"]  # judge: the LLM judge; else a shared.metrics name
+KeepRule = Literal["judge", "em", "acc", "cover_em", "f1", "recall"]  # judge: the LLM judge; else a shared.metrics name
 
 
 class DistillConfig(BaseModel):

@@ -14,6 +14,13 @@ Methods (``EpisodeRequest.method``; all end in an :class:`EpisodeResult` with sc
 - ``rag``    RAG-PE: retrieve once with the question, answer from the top-k documents (pre-filled too).
 - ``noop``   returns an empty result at once (measures the queue's own overhead).
 
+The answer turn (``EpisodeSampling.min_answer_tokens``, the same rule for every method; eval sets it, RL
+leaves it 0): when the environment has opened the answer block (direct / rag, an agent's forced final
+turn), EOS and tag tokens are held back until that turn has ``min_answer_tokens`` non-blank tokens
+(:attr:`shared.llm.SamplingParams.min_content_tokens`), so a model that would close ``<answer>`` at once
+still says what it would answer, and an answer that had content anyway is unchanged. An agent that closes
+an empty answer block itself gets the answer block opened once more, under the same rule.
+
 Per-turn batching: every trajectory waiting to generate is decoded in one ``backend.generate`` call
 (grouped by sampling settings); then every pending search of the turn runs concurrently.
 
@@ -126,7 +133,13 @@ class EpisodeSteps:
         limit = min(s.max_new_tokens, t.remaining)
         seed = None if s.seed is None else s.seed + t.turns
         return SamplingParams(max_new_tokens=limit, temperature=s.temperature, top_p=s.top_p,
-                              stop=list(self.stops(t)), seed=seed), limit
+                              stop=list(self.stops(t)), seed=seed, min_content_tokens=self.answer_minimum(t)), limit
+
+    @staticmethod
+    def answer_minimum(t: Trajectory) -> int:
+        """The answer-turn minimum (``sampling.min_answer_tokens``) when the environment opened the answer
+        block for this turn, else 0."""
+        return t.request.sampling.min_answer_tokens if t.final_turn and (t.prefill or t.forced_answer) else 0
 
     @staticmethod
     def _fake_observation(t: Trajectory) -> str:
@@ -174,6 +187,8 @@ class EpisodeSteps:
             t.finish("answer" if gen.finish_reason == "stop" else "token_limit")
             return
         action = last_action(gen.text, t.template)
+        if action is not None and action.kind == "answer" and self._retry_empty_answer(t):
+            return
         if action is not None and action.kind == "answer":
             t.finish("answer")
         elif t.final_turn:
@@ -186,6 +201,16 @@ class EpisodeSteps:
         else:
             t.invalid_actions += 1
             self._observe(t, INVALID_ACTION)
+
+    def _retry_empty_answer(self, t: Trajectory) -> bool:
+        """An agent closed an empty answer block on its own: open it once more, under the answer-turn rule
+        (only with ``min_answer_tokens`` set, once, and while the budget holds a turn)."""
+        if (not t.request.sampling.min_answer_tokens or t.forced_answer or t.remaining < MIN_TURN_TOKENS
+                or self.answer(t) is not None):
+            return False
+        t.final_turn = True
+        self._force_answer(t)
+        return True
 
     # -- search ----------------------------------------------------------------------------
     def search_query(self, t: Trajectory) -> SearchQuery:
@@ -314,15 +339,16 @@ class AgentRunner(EpisodeSteps):
         return self._results(trajs)
 
     def _generate(self, trajs: list[Trajectory]) -> None:
-        groups: dict[tuple[float, float, tuple[str, ...]], list[Trajectory]] = defaultdict(list)
+        groups: dict[tuple[float, float, tuple[str, ...], int], list[Trajectory]] = defaultdict(list)
         for t in trajs:
             s = t.request.sampling
-            groups[(s.temperature, s.top_p, self.stops(t))].append(t)
-        for (temperature, top_p, stops), group in groups.items():
+            groups[(s.temperature, s.top_p, self.stops(t), self.answer_minimum(t))].append(t)
+        for (temperature, top_p, stops, min_new), group in groups.items():
             limits = [min(t.request.sampling.max_new_tokens, t.remaining) for t in group]
             seed = next((t.request.sampling.seed for t in group if t.request.sampling.seed is not None), None)
             params = SamplingParams(max_new_tokens=max(limits), temperature=temperature, top_p=top_p,
-                                    stop=list(stops), seed=None if seed is None else seed + group[0].turns)
+                                    stop=list(stops), seed=None if seed is None else seed + group[0].turns,
+                                    min_content_tokens=min_new)
             gens = self.backend.generate([t.prompt_ids + t.response_ids for t in group], params)
             for t, gen, limit in zip(group, gens, limits, strict=True):
                 self.after_generation(t, gen, limit)

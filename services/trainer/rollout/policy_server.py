@@ -62,6 +62,7 @@ class SGLangSampling(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] | str | None = None
     sampling_seed: int | None = None
+    min_new_tokens: int = Field(default=0, ge=0)
 
 
 class GenerateRequest(BaseModel):
@@ -116,7 +117,7 @@ def new_batcher(weights: Weights, settings: PolicySettings) -> MicroBatcher[Gene
         stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
         sampling = SamplingParams(max_new_tokens=min(params.max_new_tokens, settings.max_new_tokens_cap),
                                   temperature=params.temperature, top_p=params.top_p, stop=stop,
-                                  seed=params.sampling_seed)
+                                  seed=params.sampling_seed, min_content_tokens=params.min_new_tokens)
         try:
             return weights.generate([r.input_ids for r in requests], sampling)
         except (RuntimeError, ValueError, IndexError) as exc:  # e.g. an id outside the vocabulary

@@ -38,7 +38,7 @@ FINAL_NUDGE = "The search budget is used up. Give the final answer now, between 
 SEARCH_FAILED = "The search failed ({error}); no documents were retrieved."
 NO_DOCUMENTS = "No documents were found for this query."
 MIN_TURN_TOKENS = 8  # a turn needs at least this much response budget left, else the episode ends
-SCORE_METRICS = ("em", "cover_em", "f1", "recall")
+SCORE_METRICS = ("em", "acc", "cover_em", "f1", "recall")  # shared.metrics names; definitions in METRIC_DEFINITIONS
 
 
 class AgentState(enum.Enum):

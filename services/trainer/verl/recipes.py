@@ -59,7 +59,7 @@ class Recipe:
     lr: float = 1e-6
     kl_coef: float = 0.001
     reward: str = "search_r1"  # shared.rewards registry name
-    metric: str = "em"  # em | f1 | cover_em | recall | llm (the judge service)
+    metric: str = "em"  # em | f1 | acc | cover_em | recall | llm (the judge service)
     format_weight: float = 0.0  # hybrid reward's format part
     min_searches: int = 1  # real searches a trajectory needs for format credit
     topk: int = 3  # documents per search

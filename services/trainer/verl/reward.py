@@ -14,7 +14,7 @@ policy or by the environment, and the searches the environment really ran. The s
   an ``<information>`` block the policy wrote itself is a fabrication and fails the format, and so does a
   trajectory with fewer than ``min_searches`` real searches. Without the structure (another agent loop)
   every piece counts as the policy's: a made-up observation is never mistaken for a search.
-- **answer**: EM / F1 / cover-EM / recall from :mod:`shared.metrics`, or the judge service
+- **answer**: EM / F1 / acc / cover-EM / recall from :mod:`shared.metrics`, or the judge service
   (``metric="llm"``): answers of concurrent samples are batched into one ``POST /judge`` and cached.
 - **reward**: the :mod:`shared.rewards` registry (``hybrid``, ``search_r1``, ``research`` = F1 else 0.1),
   with the enumeration / length guard and, for DAPO, the soft overlong penalty (here rather than in

@@ -6,6 +6,7 @@ import pytest
 
 from shared.data import dataset_path, read_jsonl
 from shared.metrics import (
+    METRIC_DEFINITIONS,
     METRICS,
     MatchResult,
     answer_raw_recall,
@@ -18,6 +19,7 @@ from shared.metrics import (
     gold_answers,
     normalize_answer,
     score_answer,
+    substring_acc,
     token_recall,
     tokens,
 )
@@ -56,13 +58,42 @@ def test_cover_em_is_token_containment() -> None:
     assert cover_em("anything", "the") == 0.0  # gold normalizing to nothing never matches
 
 
+@pytest.mark.parametrize(
+    ("pred", "gold", "acc", "cover"),
+    [
+        ("Parisian", "Paris", 1.0, 0.0),  # the field's acc is a plain substring; cover-EM wants whole tokens
+        ("martial arts", "art", 1.0, 0.0),
+        ("“Hello”", "Hello", 1.0, 1.0),  # curly quotes survive ASCII normalization; for cover-EM a boundary
+        ("It was Paris…", "Paris", 1.0, 1.0),
+        ("Paris—the capital", "Paris", 1.0, 1.0),
+        ("«Paris»", "Paris", 1.0, 1.0),
+        ("‘Rock ’n’ roll’", "rock n roll", 0.0, 1.0),  # the same boundaries on the gold side
+        ("It is the Eiffel Tower, in Paris", "eiffel tower", 1.0, 1.0),
+        ("London", "Paris", 0.0, 0.0),
+        ("anything", "the", 0.0, 0.0),  # a gold normalizing to nothing never matches (the references: 1)
+    ],
+)
+def test_acc_is_substring_and_cover_em_is_token_containment(pred: str, gold: str, acc: float, cover: float) -> None:
+    assert substring_acc(pred, gold) == acc
+    assert cover_em(pred, gold) == cover
+    if pred.isascii():
+        assert cover <= acc  # on ASCII text cover-EM is never the more lenient one
+
+
+def test_normalization_and_em_stay_the_references() -> None:
+    """Only cover-EM treats Unicode punctuation as a boundary: EM stays Search-R1's / FlashRAG's exactly."""
+    assert normalize_answer("“Hello”") == "“hello”"
+    assert exact_match("“Hello”", "Hello") == 0.0
+
+
 def test_f1_hand_computed() -> None:
     # pred tokens: [barack, obama, president] ; gold: [barack, obama] -> P=2/3, R=1, F1=0.8
     assert f1_score("Barack Obama, president", "Barack Obama") == pytest.approx(0.8)
     # multiset overlap: pred [new, york, new] vs gold [new, york] -> common 2, P=2/3, R=1
     assert f1_score("new york new", "New York") == pytest.approx(0.8)
     assert f1_score("London", "Paris") == 0.0
-    assert f1_score("", "") == 1.0
+    assert f1_score("", "") == 0.0  # HotpotQA / FlashRAG: no common token is 0, both sides empty too
+    assert f1_score("The", "a") == 0.0
     assert f1_score("", "Paris") == 0.0
 
 
@@ -89,6 +120,20 @@ def test_token_recall() -> None:
     assert token_recall("anything", "") == 0.0
 
 
+@pytest.mark.parametrize(
+    ("pred", "gold", "expected"),
+    [
+        ("yes or no", "no", 0.0),  # FlashRAG / HotpotQA: a yes/no gold needs exactly that answer
+        ("no", "no", 1.0),
+        ("yes", "no", 0.0),
+        ("no", "no way", 0.0),
+        ("Barack Obama", "Barack Obama", 1.0),
+    ],
+)
+def test_token_recall_yes_no_rule(pred: str, gold: str, expected: float) -> None:
+    assert token_recall(pred, gold) == expected
+
+
 def test_best_match_returns_score_and_gold() -> None:
     result = best_match("Samuel Clemens", ["Mark Twain", "Samuel Langhorne Clemens", "Samuel Clemens"], "f1")
     assert result == MatchResult(1.0, "Samuel Clemens")
@@ -105,9 +150,11 @@ def test_score_answer_accepts_single_gold_and_callable() -> None:
 
 
 def test_metric_registry() -> None:
-    assert set(METRICS) == {"em", "cover_em", "f1", "recall"}
+    assert set(METRICS) == {"em", "acc", "cover_em", "f1", "recall"}
+    assert set(METRIC_DEFINITIONS) == set(METRICS)
     assert get_metric("f1") is f1_score
-    with pytest.raises(ValueError, match="cover_em, em, f1, recall"):
+    assert get_metric("acc") is substring_acc
+    with pytest.raises(ValueError, match="acc, cover_em, em, f1, recall"):
         get_metric("bleu")
 
 

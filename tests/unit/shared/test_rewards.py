@@ -95,7 +95,7 @@ def test_answer_reward_uses_metrics() -> None:
     result = answer_reward("Barack Obama president", ["Obama", "Barack Obama"], "f1")
     assert result.score == pytest.approx(f1_score("Barack Obama president", "Barack Obama"))
     assert result.gold == "Barack Obama"
-    with pytest.raises(ValueError, match="valid: cover_em, em, f1, recall"):
+    with pytest.raises(ValueError, match="valid: acc, cover_em, em, f1, recall"):
         answer_reward(None, ["x"], "bleu")
 
 

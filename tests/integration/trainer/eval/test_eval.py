@@ -40,11 +40,18 @@ def test_eval_runs_every_method_through_the_queue(tmp_path: Path, private_redis:
     for name, m in report["methods"].items():
         assert m["n"] == 3 and m["errors"] == 0, name
         assert set(m["datasets"]) == {"tiny"}
-        assert all(0.0 <= m[s] <= 1.0 for s in ("em", "cover_em", "f1", "recall"))
+        assert all(0.0 <= m[s] <= 1.0 for s in ("em", "acc", "cover_em", "f1", "recall"))
+        assert m["cover_em"] <= m["acc"]  # whole-token containment is the stricter one
+        assert m["answered"] == 1.0, name  # the answer rule: every method answers when the model can
+    assert report["config"]["min_answer_tokens"] == 1
+    assert set(report["metrics"]) == {"em", "acc", "cover_em", "f1", "recall"}  # which definition each column is
+    assert "Search-R1 subem" in report["metrics"]["acc"]
     assert report["methods"]["direct"]["searches"] == 0
     assert report["methods"]["rag"]["searches"] == 1
     md = (out / "report.md").read_text()
-    assert "## tiny" in md and "| rag | 3 |" in md and "| direct | 3 |" in md
+    assert "## tiny" in md and "| rag | 3 | 100.0 |" in md and "| direct | 3 | 100.0 |" in md  # n, answered
+    assert "| method | n | answered | EM | acc | cover-EM | F1 | recall |" in md
+    assert "acc: normalized gold is a substring" in md and "answer turns end after at least 1 non-blank token(s)" in md
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
 
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -55,7 +62,7 @@ def test_eval_runs_every_method_through_the_queue(tmp_path: Path, private_redis:
     for name, preds in by_method.items():
         assert [p["id"] for p in preds] == [str(r["id"]) for r in rows], name  # question order
         assert [p["question"] for p in preds] == [r["question"] for r in rows]
-        for score in ("em", "cover_em", "f1", "recall"):  # the same numbers the report averages
+        for score in ("em", "acc", "cover_em", "f1", "recall"):  # the same numbers the report averages
             mean = sum(float(p["scores"][score]) for p in preds) / 3  # type: ignore[index]
             assert mean == pytest.approx(report["methods"][name][score]), (name, score)
         for p in preds:
@@ -65,4 +72,4 @@ def test_eval_runs_every_method_through_the_queue(tmp_path: Path, private_redis:
     assert all(t["role"] == "policy" for p in by_method["direct"] for t in p["turns"])  # type: ignore[attr-defined]
 
     table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(table["agent"]) >= {"cover_em", "em", "f1", "recall"}
+    assert set(table["agent"]) >= {"answered", "acc", "cover_em", "em", "f1", "recall"}

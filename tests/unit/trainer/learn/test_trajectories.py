@@ -78,7 +78,8 @@ def test_predictions_list_every_question_in_order_with_the_reports_scores(tokeni
     rows = {"hotpotqa": [{"id": "a", "question": "Q a?", "answers": ["Paris"]},
                          {"id": "b", "question": "Q b?", "answers": ["Rome"]}]}
     results = {
-        "rag": [episode(tokenizer, "hotpotqa:b", None, scores={"em": 0.0, "cover_em": 0.0, "f1": 0.4, "recall": 0.5}),
+        "rag": [episode(tokenizer, "hotpotqa:b", None, scores={"em": 0.0, "acc": 1.0, "cover_em": 0.0, "f1": 0.4,
+                                                                      "recall": 0.5}),
                 episode(tokenizer, "hotpotqa:a", None)],
         "agent": [episode(tokenizer, "hotpotqa:a", None, finish_reason="error", error="worker died"),
                   episode(tokenizer, "hotpotqa:b", None)],
@@ -87,7 +88,7 @@ def test_predictions_list_every_question_in_order_with_the_reports_scores(tokeni
     assert [(p["method"], p["id"]) for p in out] == [("rag", "a"), ("rag", "b"), ("agent", "a"), ("agent", "b")]
     rag_b = out[1]
     assert rag_b["question"] == "Q b?" and rag_b["gold"] == ["Rome"] and rag_b["prediction"] == "Paris"
-    assert rag_b["scores"] == {"em": 0.0, "cover_em": 0.0, "f1": 0.4, "recall": 0.5}
+    assert rag_b["scores"] == {"em": 0.0, "acc": 1.0, "cover_em": 0.0, "f1": 0.4, "recall": 0.5}
     assert rag_b["searches"] == ["capital of France"] and rag_b["turns"][1]["role"] == "observation"
-    assert out[2]["scores"] == dict.fromkeys(("em", "cover_em", "f1", "recall"), 0.0)  # errored: 0, as summarize
+    assert out[2]["scores"] == dict.fromkeys(("em", "acc", "cover_em", "f1", "recall"), 0.0)  # errored: 0, as summarize
     assert out[2]["error"] == "worker died"

@@ -241,3 +241,50 @@ def test_an_observation_the_policy_fabricates_is_cut_and_not_trained_on() -> Non
     a, b = spans(r.loss_mask, 0)[0]
     policy_text = r.text[:a] + r.text[b:]
     assert "<information>" not in policy_text and r.text[:a] == "Let me recall. "
+
+
+class RecordingPolicy(CharPolicy):
+    """CharPolicy that records each generation's ``min_content_tokens`` (what the backend is asked to hold back)."""
+
+    def __init__(self, script: Script):
+        super().__init__(script)
+        self.min_new: list[int] = []
+
+    def generate(self, prompts: Sequence[list[int]], sampling: SamplingParams) -> list[Generation]:
+        self.min_new += [sampling.min_content_tokens] * len(prompts)
+        return super().generate(prompts, sampling)
+
+
+ANSWER_RULE = EpisodeSampling(max_new_tokens=200, temperature=0.0, min_answer_tokens=1)
+
+
+@pytest.mark.parametrize("method", ["direct", "rag"])
+def test_answer_rule_applies_to_the_prefilled_answer_turn(method: str) -> None:
+    policy = RecordingPolicy(lambda c: " Paris </answer>")
+    AgentRunner(policy, FakeSearch()).run([request(method, sampling=ANSWER_RULE)])  # type: ignore[arg-type]
+    assert policy.min_new == [1]
+    off = RecordingPolicy(lambda c: " Paris </answer>")
+    AgentRunner(off, FakeSearch()).run([request(method)])  # type: ignore[arg-type]
+    assert off.min_new == [0]  # the default (RL): no minimum
+
+
+def test_answer_rule_applies_to_the_agents_forced_final_turn_only() -> None:
+    policy = RecordingPolicy(lambda c: "<search> capital of France </search>" if c.count("<information>") < 2
+                             else " Paris </answer>")
+    r = AgentRunner(policy, FakeSearch()).run(  # type: ignore[arg-type]
+        [request(max_turns=1, sampling=ANSWER_RULE)])[0]
+    assert policy.min_new == [0, 1]  # the search turn is free; the turn after the nudge opened <answer> is not
+    assert r.answer == "Paris"
+
+
+def test_an_agents_empty_answer_is_reopened_once_under_the_rule() -> None:
+    def policy(context: str) -> str:
+        return " Paris </answer>" if context.endswith("<answer>") else "<think> done </think> <answer> </answer>"
+
+    rec = RecordingPolicy(policy)
+    r = AgentRunner(rec, FakeSearch()).run([request(sampling=ANSWER_RULE)])[0]  # type: ignore[arg-type]
+    assert (r.answer, r.turns, rec.min_new) == ("Paris", 2, [0, 1])
+    reopened = r.text.index("<answer> </answer>") + len("<answer> </answer>")
+    assert r.loss_mask[reopened:reopened + len("<answer>")] == [0] * len("<answer>")  # the environment's tag
+    without = AgentRunner(CharPolicy(policy), FakeSearch()).run([request()])[0]  # type: ignore[arg-type]
+    assert (without.answer, without.turns) == (None, 1)  # rule off: the empty answer stands (scores 0)

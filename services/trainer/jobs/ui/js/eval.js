@@ -6,16 +6,20 @@ import { artifactJSONL, artifactText } from './api.js';
 import { fill, h, num, pct } from './dom.js';
 import { predictionColumn } from './trajectory.js';
 
-const METRICS = ['em', 'cover_em', 'f1', 'recall'];
-const COLUMNS = [['n', 'n'], ['em', 'EM'], ['cover_em', 'cover-EM'], ['f1', 'F1'], ['recall', 'recall'],
-  ['answered', 'answered'], ['turns', 'turns'], ['searches', 'searches'], ['search_failures', 'failed searches'],
+const METRICS = ['em', 'acc', 'cover_em', 'f1', 'recall'];
+const COLUMNS = [['n', 'n'], ['answered', 'answered'], ['em', 'EM'], ['acc', 'acc'], ['cover_em', 'cover-EM'],
+  ['f1', 'F1'], ['recall', 'recall'], ['turns', 'turns'], ['searches', 'searches'], ['search_failures', 'failed searches'],
   ['errors', 'errors']];
-const PERCENT = new Set(['em', 'cover_em', 'f1', 'recall', 'answered']);
-const RIGHT = 0.5; // a score at least this counts as right (EM / cover-EM are 0 or 1)
+const PERCENT = new Set(['em', 'acc', 'cover_em', 'f1', 'recall', 'answered']);
+const RIGHT = 0.5; // a score at least this counts as right (EM / acc / cover-EM are 0 or 1)
 
 export function reportTables(report) {
   const datasets = [...new Set(Object.values(report.methods).flatMap((m) => Object.keys(m.datasets)))].sort();
+  // report.metrics (newer reports): which definition each column is, to set it beside a paper's table
+  const definitions = Object.values(report.metrics || {});
   return [h('p', { class: 'muted' }, `model ${report.model} · scores in % · ${num(report.elapsed_s, 0)}s`),
+    definitions.length ? h('p', { class: 'muted metric-definitions' },
+      `answered = ended with a non-empty answer; ${definitions.join('; ')}`) : null,
     ...datasets.map((d) => h('div', {}, h('h3', {}, d), h('table', { class: 'grid eval-table', 'data-dataset': d },
       h('thead', {}, h('tr', {}, h('th', {}, 'method'), COLUMNS.map(([, title]) => h('th', {}, title)))),
       h('tbody', {}, Object.entries(report.methods).filter(([, m]) => m.datasets[d]).map(([method, m]) =>
