@@ -18,7 +18,9 @@
    its HTTP process (``RETRIEVER_SEARCH_PROCESS=false``).
 6. The client's own ceiling: the same httpx loop at c=1 and c=64 against a null server (a process
    of its own that answers every request at once with the real server's response to one question),
-   in the same run, on the same cores: what share of the gap to the ceiling is the client's.
+   in the same run, on the same cores: what share of the gap to the ceiling is the client's; and at
+   c=64 against the same null server answering each request after the real server's own mean time
+   per request at c=64 (no CPU spent): what that latency alone costs the client.
 
 Per run: req/s, latency p50/p99/p99.9 of the answered requests as the client saw them, the server's
 own p99 (the bucket of its ``/retrieve`` latency histogram: what is left is the client's own
@@ -79,7 +81,7 @@ class Run:
         """The server-side p99 (the histogram bucket it falls in, upper bound): time in the service,
         not in the client's own queue."""
         total = self.server_latency.get(float("inf"), 0.0)
-        for bound in sorted(self.server_latency):
+        for bound in sorted(b for b in self.server_latency if b > 0):
             if total and self.server_latency[bound] >= 0.99 * total:
                 return 1000 * bound
         return float("nan")
@@ -204,8 +206,9 @@ def _drive(client: str, url: str, bodies: list[dict[str, Any]], concurrency: int
 # --------------------------------------------------------------------------- the client's own ceiling
 
 
-def _serve_null(port: int, body: bytes) -> None:
-    """A server that costs next to nothing: HTTP/1.1 keep-alive, every request answered at once with ``body``."""
+def _serve_null(port: int, body: bytes, delay_s: float = 0.0) -> None:
+    """A server that costs next to nothing: HTTP/1.1 keep-alive, every request answered with ``body``,
+    at once or ``delay_s`` later (a timer: no CPU spent meanwhile)."""
     response = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
                 % len(body)) + body
 
@@ -216,7 +219,10 @@ def _serve_null(port: int, body: bytes) -> None:
                 length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                                if line.lower().startswith(b"content-length:")), 0)
                 await reader.readexactly(length)
-                writer.write(response)
+                if delay_s > 0:  # a keep-alive client sends its next request only after this answer
+                    asyncio.get_running_loop().call_later(delay_s, writer.write, response)
+                else:
+                    writer.write(response)
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
@@ -228,10 +234,10 @@ def _serve_null(port: int, body: bytes) -> None:
     asyncio.run(main())
 
 
-def measure_null(body: bytes, bodies: list[dict[str, Any]], concurrency: int) -> Run:
+def measure_null(body: bytes, bodies: list[dict[str, Any]], concurrency: int, delay_s: float = 0.0) -> Run:
     """The httpx loop against :func:`_serve_null` in a process of its own (started and stopped here)."""
     port = free_port()
-    server = mp.get_context("spawn").Process(target=_serve_null, args=(port, body), daemon=True)
+    server = mp.get_context("spawn").Process(target=_serve_null, args=(port, body, delay_s), daemon=True)
     server.start()
     try:
         deadline = time.monotonic() + 30
@@ -307,12 +313,15 @@ def batch_histogram(url: str) -> dict[float, float]:
 
 
 def server_latency(url: str) -> dict[float, float]:
-    """The server's cumulative ``/retrieve`` latency histogram (seconds -> requests at or below)."""
+    """The server's cumulative ``/retrieve`` latency histogram (seconds -> requests at or below; key -1:
+    the summed seconds)."""
     out: dict[float, float] = {}
     for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
         if line.startswith("searchlab_request_seconds_bucket") and 'route="/retrieve"' in line:
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             out[float(bound)] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("searchlab_request_seconds_sum") and 'route="/retrieve"' in line:
+            out[-1.0] = float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -419,10 +428,14 @@ def main() -> None:
         finally:
             proc.stop()
     null: dict[int, Run] = {}
+    slow_null: Run | None = None
     if "httpx" in args.clients and not args.no_null:
         for c in (1, 64):
             null[c] = measure_null(canned, single[:requests[c]], c)
             print(row("httpx, null server", c, null[c]), flush=True)
+        server_mean_s = runs["httpx", 64].server_latency.get(-1.0, 0.0) / runs["httpx", 64].requests
+        slow_null = measure_null(canned, single[:requests[64]], 64, delay_s=server_mean_s)
+        print(row(f"httpx, null server answering after {1000 * server_mean_s:.0f} ms", 64, slow_null), flush=True)
     build = build_speed(corpus, 1000) if args.build else None
 
     print(f"\nceiling (same server, {CEILING_BATCH} questions per request): {ceiling_qps:.1f} queries/s, "
@@ -434,6 +447,8 @@ def main() -> None:
         print(row("httpx, no search process", c, run))
     for c, run in null.items():
         print(row("httpx, null server", c, run))
+    if slow_null is not None:
+        print(row("httpx, null server answering after the server's mean time", 64, slow_null))
     if ("httpx", 64) in runs:
         h64 = runs["httpx", 64]
         print(f"\nc=64 httpx, per request: client {1000 * h64.client_cpu_s / h64.requests:.2f} CPU ms, HTTP process "
@@ -462,6 +477,9 @@ def main() -> None:
         fields.update(rps_c64_httpx_null=null[64].rps, p99_ms_c64_httpx_null=null[64].pct(0.99),
                       client_cpu_ms_c64_httpx_null=1000 * null[64].client_cpu_s / null[64].requests,
                       p50_ms_c1_httpx_null=null[1].pct(0.5))
+    if slow_null is not None:
+        fields.update(rps_c64_httpx_slow_null=slow_null.rps, p99_ms_c64_httpx_slow_null=slow_null.pct(0.99),
+                      client_cpu_ms_c64_httpx_slow_null=1000 * slow_null.client_cpu_s / slow_null.requests)
     fields.update(ceiling_qps=ceiling_qps, search_processes=processes)
     for client in args.clients:
         fields[f"rps_c64_{client}"] = runs[client, 64].rps
