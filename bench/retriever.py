@@ -16,12 +16,18 @@
    ``Retry-After`` (verl's own back-off for verl), as a polite client does.
 5. The search-process hop: the same httpx runs at c=1 and c=64 against a server that searches in
    its HTTP process (``RETRIEVER_SEARCH_PROCESS=false``).
+6. The client's own ceiling: the same httpx loop at c=1 and c=64 against a null server (a process
+   of its own that answers every request at once with the real server's response to one question),
+   in the same run, on the same cores: what share of the gap to the ceiling is the client's; and at
+   c=64 against the same null server answering each request after the real server's own mean time
+   per request at c=64 (no CPU spent): what that latency alone costs the client.
 
 Per run: req/s, latency p50/p99/p99.9 of the answered requests as the client saw them, the server's
 own p99 (the bucket of its ``/retrieve`` latency histogram: what is left is the client's own
-queueing), errors, the batch sizes the server formed (from its ``/metrics``), the server's CPU time per query (HTTP process + search processes,
-from /proc) and the client's own CPU time per request: the load client shares the cores with the
-server, and these CPU figures say how much of the machine each side took. ``--build`` adds the
+queueing), errors, the batch sizes the server formed (from its ``/metrics``), the server's CPU time
+per query (HTTP process + search processes, from /proc), the HTTP process's alone per request, and
+the client's own CPU time per request: the load client shares the cores with the server, and these
+CPU figures say how much of the machine each side took. ``--build`` adds the
 index build speed (length-sorted vs corpus order). Ends with one ``BENCH`` line.
 """
 
@@ -31,6 +37,7 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing as mp
 import os
 import random
 import tempfile
@@ -48,7 +55,7 @@ from services.retriever.config import corpus_index_dir
 from services.retriever.index import BuildOptions, RunOptions, build_index, ensure_index
 from shared.config import cache_dir, corpus_path
 from shared.data import dataset_path, open_text, read_jsonl
-from shared.processes import Proc, start_service
+from shared.processes import Proc, free_port, start_service
 
 CONCURRENCY = (1, 8, 64, 256)
 CLIENTS = ("httpx", "verl", "raw")
@@ -68,12 +75,13 @@ class Run:
     batches: dict[float, float]  # batch-size histogram bucket (upper bound) -> batches in it
     queries: int  # queries the requests carried
     server_latency: dict[float, float]  # the server's own /retrieve latency histogram, cumulative, seconds
+    http_cpu_s: float = float("nan")  # the HTTP process alone (no search processes)
 
     def server_p99_ms(self) -> float:
         """The server-side p99 (the histogram bucket it falls in, upper bound): time in the service,
         not in the client's own queue."""
         total = self.server_latency.get(float("inf"), 0.0)
-        for bound in sorted(self.server_latency):
+        for bound in sorted(b for b in self.server_latency if b > 0):
             if total and self.server_latency[bound] >= 0.99 * total:
                 return 1000 * bound
         return float("nan")
@@ -195,7 +203,73 @@ def _drive(client: str, url: str, bodies: list[dict[str, Any]], concurrency: int
     return asyncio.run(loop(url, bodies, concurrency, out))  # type: ignore[arg-type]
 
 
+# --------------------------------------------------------------------------- the client's own ceiling
+
+
+def _serve_null(port: int, body: bytes, delay_s: float = 0.0) -> None:
+    """A server that costs next to nothing: HTTP/1.1 keep-alive, every request answered with ``body``,
+    at once or ``delay_s`` later (a timer: no CPU spent meanwhile)."""
+    response = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                % len(body)) + body
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                if delay_s > 0:  # a keep-alive client sends its next request only after this answer
+                    asyncio.get_running_loop().call_later(delay_s, writer.write, response)
+                else:
+                    writer.write(response)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def measure_null(body: bytes, bodies: list[dict[str, Any]], concurrency: int, delay_s: float = 0.0) -> Run:
+    """The httpx loop against :func:`_serve_null` in a process of its own (started and stopped here)."""
+    port = free_port()
+    server = mp.get_context("spawn").Process(target=_serve_null, args=(port, body, delay_s), daemon=True)
+    server.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/retrieve", json=bodies[0], timeout=5)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert server.pid is not None
+        cpu0, client0 = process_cpu_s(server.pid), time.process_time()
+        latencies: list[float] = []
+        start = time.perf_counter()
+        errors = _drive("httpx", f"http://127.0.0.1:{port}", bodies, concurrency, latencies)
+        seconds = time.perf_counter() - start
+        queries = sum(len(b["queries"]) for b in bodies)
+        return Run(len(bodies), seconds, latencies, errors, time.process_time() - client0,
+                   process_cpu_s(server.pid) - cpu0, {}, queries, {}, process_cpu_s(server.pid) - cpu0)
+    finally:
+        server.kill()
+        server.join()
+
+
 # --------------------------------------------------------------------------- the server's side
+
+
+def own_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (without its children), from /proc."""
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_s(pid: int) -> float:
@@ -239,28 +313,33 @@ def batch_histogram(url: str) -> dict[float, float]:
 
 
 def server_latency(url: str) -> dict[float, float]:
-    """The server's cumulative ``/retrieve`` latency histogram (seconds -> requests at or below)."""
+    """The server's cumulative ``/retrieve`` latency histogram (seconds -> requests at or below; key -1:
+    the summed seconds)."""
     out: dict[float, float] = {}
     for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
         if line.startswith("searchlab_request_seconds_bucket") and 'route="/retrieve"' in line:
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             out[float(bound)] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("searchlab_request_seconds_sum") and 'route="/retrieve"' in line:
+            out[-1.0] = float(line.rsplit(" ", 1)[1])
     return out
 
 
 def measure(proc: Proc, client: str, bodies: list[dict[str, Any]], concurrency: int) -> Run:
     before_latency = server_latency(proc.url)
     before_batches, cpu0, client0 = batch_histogram(proc.url), process_cpu_s(proc.popen.pid), time.process_time()
+    http0 = own_cpu_s(proc.popen.pid)
     latencies: list[float] = []
     start = time.perf_counter()
     errors = _drive(client, proc.url, bodies, concurrency, latencies)
     seconds = time.perf_counter() - start
+    http_cpu_s = own_cpu_s(proc.popen.pid) - http0
     after = batch_histogram(proc.url)
     after_latency = server_latency(proc.url)
     queries = sum(len(b["queries"]) for b in bodies)
     return Run(len(bodies), seconds, latencies, errors, time.process_time() - client0,
                process_cpu_s(proc.popen.pid) - cpu0, {k: after[k] - before_batches.get(k, 0.0) for k in after},
-               queries, {k: v - before_latency.get(k, 0.0) for k, v in after_latency.items()})
+               queries, {k: v - before_latency.get(k, 0.0) for k, v in after_latency.items()}, http_cpu_s)
 
 
 def start(index_dir: Path, env: dict[str, str], name: str) -> Proc:
@@ -273,12 +352,13 @@ def start(index_dir: Path, env: dict[str, str], name: str) -> Proc:
 def row(label: str, c: int, run: Run) -> str:
     return (f"| {label} | {c} | {run.rps:.1f} | {run.pct(0.5):.1f} | {run.pct(0.99):.1f} | {run.pct(0.999):.1f} "
             f"| {run.server_p99_ms():.0f} | {run.errors} | {run.mean_batch:.1f} | {run.histogram()} "
-            f"| {1000 * run.server_cpu_s / run.queries:.2f} "
+            f"| {1000 * run.server_cpu_s / run.queries:.2f} | {1000 * run.http_cpu_s / run.requests:.2f} "
             f"| {1000 * run.client_cpu_s / run.requests:.2f} |")
 
 
 HEADER = ("| client | c | req/s | p50 ms | p99 ms | p99.9 ms | server p99 ≤ ms | errors | mean batch | batches by size "
-          "| server CPU ms/query | client CPU ms/req |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| server CPU ms/query | of it HTTP ms/req | client CPU ms/req |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def build_speed(corpus: Path, sample_size: int) -> str:
@@ -302,6 +382,7 @@ def main() -> None:
     parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS))
     parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="server settings (RETRIEVER_*)")
     parser.add_argument("--no-hop", action="store_true", help="skip the in-process (no search process) runs")
+    parser.add_argument("--no-null", action="store_true", help="skip the httpx runs against the null server")
     parser.add_argument("--build", action="store_true", help="also measure index build speed on a 1,000 sample")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
@@ -321,6 +402,7 @@ def main() -> None:
         processes = len(details.get("search_process", {}).get("pids", [])) or 1
         print(f"# server: {processes} search process(es), serving {details['serving']}", flush=True)
         _drive("raw", proc.url, single[:64], 8, [])  # warm-up: every process, every code path
+        canned = httpx.post(proc.url + "/retrieve", json=single[0], timeout=30).content  # the null server's answer
         batched = [_body([questions[(i * CEILING_BATCH + j) % len(questions)] for j in range(CEILING_BATCH)])
                    for i in range(args.ceiling_requests)]
         _drive("httpx", proc.url, batched[:4], 2 * processes, [])
@@ -345,6 +427,15 @@ def main() -> None:
                 print(row("httpx, in-process", c, hop[c]), flush=True)
         finally:
             proc.stop()
+    null: dict[int, Run] = {}
+    slow_null: Run | None = None
+    if "httpx" in args.clients and not args.no_null:
+        for c in (1, 64):
+            null[c] = measure_null(canned, single[:requests[c]], c)
+            print(row("httpx, null server", c, null[c]), flush=True)
+        server_mean_s = runs["httpx", 64].server_latency.get(-1.0, 0.0) / runs["httpx", 64].requests
+        slow_null = measure_null(canned, single[:requests[64]], 64, delay_s=server_mean_s)
+        print(row(f"httpx, null server answering after {1000 * server_mean_s:.0f} ms", 64, slow_null), flush=True)
     build = build_speed(corpus, 1000) if args.build else None
 
     print(f"\nceiling (same server, {CEILING_BATCH} questions per request): {ceiling_qps:.1f} queries/s, "
@@ -354,6 +445,19 @@ def main() -> None:
         print(row(client, c, run))
     for c, run in hop.items():
         print(row("httpx, no search process", c, run))
+    for c, run in null.items():
+        print(row("httpx, null server", c, run))
+    if slow_null is not None:
+        print(row("httpx, null server answering after the server's mean time", 64, slow_null))
+    if ("httpx", 64) in runs:
+        h64 = runs["httpx", 64]
+        print(f"\nc=64 httpx, per request: client {1000 * h64.client_cpu_s / h64.requests:.2f} CPU ms, HTTP process "
+              f"{1000 * h64.http_cpu_s / h64.requests:.2f}, search processes "
+              f"{1000 * (h64.server_cpu_s - h64.http_cpu_s) / h64.requests:.2f}; the ceiling "
+              f"{1000 * ceiling.server_cpu_s / ceiling.queries:.2f} per query (its client "
+              f"{1000 * ceiling.client_cpu_s / ceiling.queries:.2f})"
+              + (f"; the client alone (null server) {null[64].rps:.1f} req/s at "
+                 f"{1000 * null[64].client_cpu_s / null[64].requests:.2f} CPU ms/request" if 64 in null else ""))
     if build:
         print(build)
     load1 = os.getloadavg()
@@ -365,7 +469,17 @@ def main() -> None:
         fields.update(rps_c64_httpx=h64.rps, ceiling_qps=ceiling_qps, c64_vs_ceiling=h64.rps / ceiling_qps,
                       p99_ms_c64_httpx=h64.pct(0.99), p50_ms_c1_httpx=h1.pct(0.5), rps_c1_httpx=h1.rps,
                       server_p99_ms_c64_httpx=h64.server_p99_ms(), errors_c64_httpx=h64.errors,
-                      mean_batch_c64_httpx=h64.mean_batch)
+                      mean_batch_c64_httpx=h64.mean_batch,
+                      client_cpu_ms_c64_httpx=1000 * h64.client_cpu_s / h64.requests,
+                      http_cpu_ms_c64_httpx=1000 * h64.http_cpu_s / h64.requests,
+                      search_cpu_ms_c64_httpx=1000 * (h64.server_cpu_s - h64.http_cpu_s) / h64.queries)
+    if null:
+        fields.update(rps_c64_httpx_null=null[64].rps, p99_ms_c64_httpx_null=null[64].pct(0.99),
+                      client_cpu_ms_c64_httpx_null=1000 * null[64].client_cpu_s / null[64].requests,
+                      p50_ms_c1_httpx_null=null[1].pct(0.5))
+    if slow_null is not None:
+        fields.update(rps_c64_httpx_slow_null=slow_null.rps, p99_ms_c64_httpx_slow_null=slow_null.pct(0.99),
+                      client_cpu_ms_c64_httpx_slow_null=1000 * slow_null.client_cpu_s / slow_null.requests)
     fields.update(ceiling_qps=ceiling_qps, search_processes=processes)
     for client in args.clients:
         fields[f"rps_c64_{client}"] = runs[client, 64].rps

@@ -23,7 +23,11 @@ for little more than the cost of one. The batcher (no FastAPI here, asyncio only
   but the batch leaves as soon as no more company is expected in time, judged by the median gap
   between recent submissions: a lone request (gaps longer than the window) leaves at once, a burst
   is waited for until it pauses (no submission for twice the gap), a steady stream until the batch
-  is full or the window is over.
+  is full or the window is over. A submission to an idle batcher that follows the last answer
+  closer than it follows the previous submission is answer-driven (a closed loop: the client sent
+  it because it got its answer) and counts as a long gap: its timing is the service's own latency,
+  not company, and one client looping faster than the window would otherwise wait the whole window
+  every time (measured: 5 ms per request at a 5 ms window, against 0.8 ms without it).
 - **Backpressure.** More than ``max_queue`` units waiting (plus those at the backend when
   ``queue_counts_running``) raises :class:`QueueFull`; ``shared.service`` answers it with 503 +
   ``Retry-After``. An empty queue takes any one submission, however heavy (else it never could).
@@ -120,6 +124,7 @@ class MicroBatcher(Generic[In, Out]):
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._last_submit = 0.0  # monotonic time of the last submission (adaptive window)
+        self._last_done = 0.0  # monotonic time the last batch's outputs were handed out (adaptive window)
         self._gaps: deque[float] = deque(maxlen=GAPS_KEPT)  # seconds between recent submissions
 
     @property
@@ -137,6 +142,7 @@ class MicroBatcher(Generic[In, Out]):
         if self._closed:
             raise BatcherClosed(f"{self.name} is shutting down")
         weights = [self.weight(item) for item in items]
+        idle = self._queued == 0 and self._running == 0
         load = self._queued + (self._running if self.queue_counts_running else 0)
         if load > 0 and load + sum(weights) > self.max_queue:
             raise QueueFull(f"{self.name} is full: {load} {self.unit} waiting, {sum(weights)} more asked "
@@ -150,7 +156,10 @@ class MicroBatcher(Generic[In, Out]):
         self._queued += sum(weights)
         now = jobs[0].enqueued if jobs else time.monotonic()
         if self._last_submit:  # a gap longer than a few windows says "idle" as well as a longer one would
-            self._gaps.append(min(now - self._last_submit, 4 * self.max_wait_s))
+            gap = now - self._last_submit
+            if idle and now - self._last_done < gap / 2:  # answer-driven (closed loop): no company to expect
+                gap = 4 * self.max_wait_s
+            self._gaps.append(min(gap, 4 * self.max_wait_s))
         self._last_submit = now
         self._changed.set()
         if self._dispatcher is None:
@@ -285,3 +294,4 @@ class MicroBatcher(Generic[In, Out]):
         for job, out in zip(batch, outputs, strict=True):
             if not job.future.done():
                 job.future.set_result(out)
+        self._last_done = time.monotonic()

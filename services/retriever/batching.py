@@ -5,8 +5,9 @@ call). Encoding them one by one wastes the encoder, so concurrent requests are c
 shared :class:`shared.batching.MicroBatcher`, one batch at a time per search process:
 
 - **Fast alone.** The window is adaptive (``wait="adaptive"``): a request that finds no company
-  coming (recent requests further apart than the window) leaves at once; a burst is waited for
-  until it pauses, at most ``max_wait_ms`` after its oldest request arrived.
+  coming (recent requests further apart than the window, or one client sending each request after
+  the previous answer) leaves at once; a burst is waited for until it pauses, at most
+  ``max_wait_ms`` after its oldest request arrived.
 - **Full and fair under load.** While every search process is busy, requests wait; a process
   that comes free takes the oldest waiting requests, up to ``max_batch`` queries (the encoder's
   and FAISS's efficient size), in arrival order.

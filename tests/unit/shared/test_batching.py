@@ -269,6 +269,20 @@ async def test_adaptive_window_sends_a_lone_item_at_once_and_follows_a_stream() 
     await batcher.close()
 
 
+async def test_adaptive_window_does_not_hold_one_client_that_sends_after_each_answer() -> None:
+    """Window 30 s, one client in a closed loop: each request is answer-driven, none waits for company
+    (before: each wait stretched the gap the next one waited for, doubling up to the whole window)."""
+    backend = Recorder()
+    batcher = make(backend, max_batch=64, max_wait_s=30.0, wait="adaptive")
+
+    async def loop() -> list[int]:
+        return [await batcher.submit([i])[0] for i in range(100)]
+
+    assert await asyncio.wait_for(loop(), timeout=10) == [i * 10 for i in range(100)]
+    assert backend.batches == [[i] for i in range(100)]
+    await batcher.close()
+
+
 async def test_an_empty_queue_takes_one_submission_heavier_than_the_limit() -> None:
     backend = Recorder()
     batcher = make(backend, max_batch=2, max_queue=3)
