@@ -7,10 +7,12 @@ schemas come with the kubernetes-validate package, Kustomize is the one built in
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -29,6 +31,15 @@ def tool(name: str) -> str:
     if found is None:
         pytest.fail(f"'{name}' is needed by the deployment tests and is not installed")
     return found
+
+
+def deploy_script(name: str) -> ModuleType:
+    """One of deploy/'s scripts (``lock``, ``lock_gpu``), imported from its file (deploy/ is no package)."""
+    spec = importlib.util.spec_from_file_location(f"deploy_{name}", REPO / "deploy" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -3,15 +3,13 @@ models and indexes instead of baking them in, and installs exactly the locked ve
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from deploy_helpers import REPO, run, tool
+from deploy_helpers import REPO, deploy_script, run, tool
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -89,14 +87,6 @@ def test_copied_files_exist_and_are_not_ignored() -> None:
 
 # ---- pinned dependencies -------------------------------------------------------------------
 
-def _lock_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deploy_lock", REPO / "deploy" / "lock.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def read_lock(path: Path) -> dict[str, str]:
     pins: dict[str, str] = {}
     for line in path.read_text().splitlines():
@@ -107,7 +97,7 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def test_lock_matches_the_tested_environment() -> None:
-    lock = _lock_module()
+    lock = deploy_script("lock")
     for path, expected in lock.expected_files().items():
         assert path.read_text() == expected, f"{path.name} is stale: run .venv/bin/python deploy/lock.py"
 

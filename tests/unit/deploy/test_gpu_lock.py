@@ -5,26 +5,16 @@ image's source build. The CPU lock stays its own."""
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-from types import ModuleType
 
 import pytest
-from deploy_helpers import REPO
+from deploy_helpers import REPO, deploy_script
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deploy_lock_gpu", REPO / "deploy" / "lock_gpu.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_gpu_lock_pins_the_gpu_stack_and_differs_from_the_cpu_lock() -> None:
-    lock = _module()
+    lock = deploy_script("lock_gpu")
     gpu = lock.read_lock()
     cpu = lock.read_lock(REPO / "deploy" / "requirements.lock")
     assert (gpu["torch"], gpu["sglang"], gpu["verl"], gpu["transformers"]) == ("2.9.1", "0.5.6", "0.7.1", "4.57.1")
@@ -41,6 +31,6 @@ def test_pips_resolver_accepts_the_gpu_lock_as_it_is() -> None:
         socket.create_connection(("pypi.org", 443), timeout=10).close()
     except OSError as exc:
         pytest.skip(f"PyPI is not reachable from here ({exc}): the resolver check needs it")
-    problems = _module().check()
+    problems = deploy_script("lock_gpu").check()
     assert not problems, "deploy/requirements-gpu.lock: " + "; ".join(problems) + \
         " (re-resolve: .venv/bin/python deploy/lock_gpu.py)"
