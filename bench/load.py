@@ -57,12 +57,15 @@ class Run:
                 f"{(self.errors + self.shed) / max(total, 1):.3f} |")
 
 
-async def closed_loop(url: str, path: str, bodies: list[dict[str, Any]], concurrency: int) -> Run:
-    """Send every body, ``concurrency`` in flight at most; latency per answered request."""
+async def closed_loop(url: str, path: str, bodies: list[dict[str, Any]], concurrency: int,
+                      key: str | None = KEY) -> Run:
+    """Send every body, ``concurrency`` in flight at most (one ``httpx.AsyncClient``, a connection per
+    slot; ``key``: the bearer token, None for none); latency per answered request. ``bench/retriever.py``'s
+    httpx client is this loop too."""
     run = Run(seconds=0.0)
     pending = list(reversed(bodies))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"Authorization": f"Bearer {KEY}"}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300, headers=headers) as client:
 
         async def worker() -> None:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from load import closed_loop  # bench/load.py (this script's folder is on sys.path when run as a script)
 
 from services.retriever.config import corpus_index_dir
 from services.retriever.index import BuildOptions, RunOptions, build_index, ensure_index
@@ -111,27 +112,11 @@ def _body(questions: list[str]) -> dict[str, Any]:
 
 
 async def _httpx_loop(url: str, bodies: list[dict[str, Any]], concurrency: int, out: list[float]) -> int:
-    errors = 0
-    next_i = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-
-        async def worker() -> None:
-            nonlocal errors, next_i
-            while next_i < len(bodies):
-                body = bodies[next_i]
-                next_i += 1
-                start = time.perf_counter()
-                response = await client.post("/retrieve", json=body)
-                if response.status_code == 200:
-                    response.json()["result"]
-                    out.append(time.perf_counter() - start)
-                else:
-                    errors += 1
-                    await asyncio.sleep(float(response.headers.get("retry-after", 1)))
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return errors
+    """``bench/load.py``'s bounded httpx closed loop on ``/retrieve`` (no key): latencies into ``out``; every
+    answer but a 200 (a 503 from admission control included) counts as an error."""
+    run = await closed_loop(url, "/retrieve", bodies, concurrency, key=None)
+    out.extend(run.latencies)
+    return run.errors + run.shed
 
 
 async def _raw_loop(url: str, bodies: list[dict[str, Any]], concurrency: int, out: list[float]) -> int:
