@@ -112,6 +112,8 @@ class RLConfig(BaseModel):
         resolve_device(self.device)  # "cuda" on a machine without a GPU is refused at submission
         if self.prompts.kind == "ramp" and not self.prompts.path:
             raise ValueError("prompts.path: a RAMP prompt source needs the samples file (a ramp job's output)")
+        if self.keep_versions <= self.max_staleness:  # workers still generate with a version that old
+            raise ValueError(f"keep_versions ({self.keep_versions}) must exceed max_staleness ({self.max_staleness})")
         return self
 
 
