@@ -11,7 +11,7 @@ rollout worker's setting). Three decoders:
 - ``hf``        ``model.generate(do_sample=False)`` on the same model object.
 
 Each decoder's prompt pass (time to the first token) is measured on its own and taken out, so the
-rates are decode steps only.
+rates are decode steps only; the decoders take turns, and the fastest of ``--repeats`` runs counts.
 
     .venv/bin/python bench/decode.py [--batches 1,8,16] [--context 600] [--new-tokens 64]
 
@@ -76,18 +76,28 @@ def hf_generate(backend: llm.LocalBackend) -> Decoder:
     return run
 
 
-def decode_rate(decode: Decoder, batch: list[list[int]], new_tokens: int, repeats: int) -> float:
-    """Best decode tokens/s over ``repeats``: (tokens - first tokens) / (time - prompt pass)."""
+def timed(decode: Decoder, batch: list[list[int]], new_tokens: int) -> tuple[float, int]:
     started = time.perf_counter()
-    decode(batch, 1)
-    prefill = time.perf_counter() - started
-    best = 0.0
+    tokens = decode(batch, new_tokens)
+    return time.perf_counter() - started, tokens
+
+
+def decode_rates(decoders: dict[str, Decoder], batch: list[list[int]], new_tokens: int,
+                 repeats: int) -> dict[str, float]:
+    """Decode tokens/s of each decoder: (tokens - first tokens) / (fastest full run - fastest prompt pass).
+
+    The decoders take turns within each repeat (a load spike from a neighbour hits them alike) and the
+    fastest of ``repeats`` is kept for both the prompt pass and the full run."""
+    prefill: dict[str, float] = {}
+    full: dict[str, tuple[float, int]] = {}
     for _ in range(repeats):
-        started = time.perf_counter()
-        tokens = decode(batch, new_tokens)
-        seconds = time.perf_counter() - started
-        best = max(best, (tokens - len(batch)) / max(seconds - prefill, 1e-6))
-    return best
+        for name, decode in decoders.items():
+            seconds, _ = timed(decode, batch, 1)
+            prefill[name] = min(prefill.get(name, seconds), seconds)
+            seconds, tokens = timed(decode, batch, new_tokens)
+            if name not in full or seconds < full[name][0]:
+                full[name] = (seconds, tokens)
+    return {name: (full[name][1] - len(batch)) / max(full[name][0] - prefill[name], 1e-3) for name in decoders}
 
 
 def main() -> None:
@@ -106,8 +116,8 @@ def main() -> None:
         decode(all_prompts[:2], 4)
     rates: dict[tuple[str, int], float] = {}
     for size in sizes:
-        for name, decode in decoders.items():
-            rates[name, size] = decode_rate(decode, all_prompts[:size], args.new_tokens, args.repeats)
+        for name, rate in decode_rates(decoders, all_prompts[:size], args.new_tokens, args.repeats).items():
+            rates[name, size] = rate
     print(f"decode tokens/s ({args.context}-token context, {args.new_tokens} new, greedy, {backend.dtype}, "
           f"1 thread; prompt pass excluded)")
     print("| batch | ours (continuous) | earlier batch loop | transformers generate | ours / generate |\n"
