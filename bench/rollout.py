@@ -1,15 +1,19 @@
-"""Rollout throughput: one worker with batched generation vs the same worker one episode at a time.
+"""Rollout throughput: continuous batching with KV reuse vs per-turn batches vs one episode at a time.
 
     python bench/rollout.py [--n 8] [--batch 8] [--max-new-tokens 32] [--max-turns 2] [--noop 100]
 
 Starts a real Redis, a retriever over a small corpus (the first 2,000 passages plus the supporting
 passages of the questions) and rollout workers as subprocesses (``python -m services.trainer.rollout.worker``).
-The same N agent episodes (HotpotQA questions, greedy) run twice: through a worker with
-``WORKER_BATCH_SIZE=batch`` and through one with ``WORKER_BATCH_SIZE=1``; the clock runs from enqueue
-to the last result (model loading excluded). Then the queue's own overhead: no-op episodes sent one at
-a time, enqueue -> result. Ends with one line:
+The same N agent episodes (HotpotQA questions, greedy) run three times, each through its own worker:
 
-    BENCH rollout episodes_per_s=… episodes_per_s_sequential=… batched_vs_sequential=… queue_overhead_ms=…
+- ``continuous``  ``WORKER_ROLLOUT=continuous`` (the default), ``WORKER_BATCH_SIZE=batch``;
+- ``per_turn``    the earlier worker: ``WORKER_ROLLOUT=per_turn WORKER_LLM__ENGINE=batch``, same batch size;
+- ``sequential``  the earlier worker one episode at a time (``WORKER_BATCH_SIZE=1``).
+
+The clock runs from enqueue to the last result (model loading excluded). Then the queue's own
+overhead: no-op episodes sent one at a time, enqueue -> result. Ends with one line:
+
+    BENCH rollout episodes_per_s=… continuous_vs_sequential=… per_turn_vs_sequential=… queue_overhead_ms=…
 """
 
 from __future__ import annotations
@@ -38,9 +42,17 @@ def small_corpus(rows: list[dict], out: Path, first: int = 2000) -> Path:
     return out
 
 
-def start_worker(redis_url: str, name: str, batch: int, retriever_url: str, logs: Path) -> Proc:
+RUNS = {  # label -> (batched?, worker env)
+    "continuous": (True, {"WORKER_ROLLOUT": "continuous", "WORKER_LLM__ENGINE": "continuous"}),
+    "per_turn": (True, {"WORKER_ROLLOUT": "per_turn", "WORKER_LLM__ENGINE": "batch"}),
+    "sequential": (False, {"WORKER_ROLLOUT": "per_turn", "WORKER_LLM__ENGINE": "batch"}),
+}
+
+
+def start_worker(redis_url: str, name: str, batch: int, retriever_url: str, logs: Path,
+                 extra: dict[str, str]) -> Proc:
     env = {"WORKER_REDIS_URL": redis_url, "WORKER_NAME": name, "WORKER_BATCH_SIZE": str(batch),
-           "WORKER_RETRIEVER_URL": retriever_url, "WORKER_BLOCK_MS": "100", "WORKER_HEARTBEAT_S": "0.5"}
+           "WORKER_RETRIEVER_URL": retriever_url, "WORKER_BLOCK_MS": "100", "WORKER_HEARTBEAT_S": "0.5", **extra}
     return spawn(name, [sys.executable, "-m", "services.trainer.rollout.worker"], env=env, log_dir=logs)
 
 
@@ -84,21 +96,21 @@ def main() -> int:
     q = EpisodeQueue(redis.url)
     try:
         timings: dict[str, tuple[float, list[EpisodeResult]]] = {}
-        for label, batch in (("batched", args.batch), ("sequential", 1)):
-            worker = start_worker(redis.url, f"bench-{label}", batch, retriever.url, logs)
+        for label, (batched, extra) in RUNS.items():
+            worker = start_worker(redis.url, f"bench-{label}", args.batch if batched else 1, retriever.url, logs,
+                                  extra)
             procs.append(worker)
             wait_registered(q, f"bench-{label}", worker)
             timings[label] = run_job(q, f"bench-{label}", rows, args)
-            if label == "batched":
+            if label != "sequential":
                 worker.stop()
 
         # queue overhead: the sequential worker (batch 1, no batch-fill wait) answers no-op episodes
         latencies = []
         for i in range(args.noop):
             t0 = time.monotonic()
-            q.enqueue([EpisodeRequest(job_id="bench-noop", episode_id=f"noop{i}", method="noop")])
-            while not q.results("bench-noop", block_ms=1000):
-                pass
+            q.enqueue([EpisodeRequest(job_id=f"bench-noop{i}", episode_id=f"noop{i}", method="noop")])
+            q.wait(f"bench-noop{i}", 1, timeout_s=60)
             latencies.append(time.monotonic() - t0)
     finally:
         q.close()
@@ -117,9 +129,11 @@ def main() -> int:
     overhead_ms = 1000 * statistics.median(latencies)
     print(f"queue overhead (no-op episode, enqueue -> result): median {overhead_ms:.1f} ms, "
           f"p90 {1000 * sorted(latencies)[int(0.9 * len(latencies))]:.1f} ms over {len(latencies)}")
-    eps, eps_seq = rates["batched"][0], rates["sequential"][0]
-    print(f"BENCH rollout episodes_per_s={eps:.3f} episodes_per_s_sequential={eps_seq:.3f} "
-          f"batched_vs_sequential={eps / eps_seq:.2f} tokens_per_s={rates['batched'][1]:.1f} "
+    eps, eps_turn, eps_seq = rates["continuous"][0], rates["per_turn"][0], rates["sequential"][0]
+    print(f"BENCH rollout episodes_per_s={eps:.3f} episodes_per_s_per_turn={eps_turn:.3f} "
+          f"episodes_per_s_sequential={eps_seq:.3f} continuous_vs_sequential={eps / eps_seq:.2f} "
+          f"per_turn_vs_sequential={eps_turn / eps_seq:.2f} continuous_vs_per_turn={eps / eps_turn:.2f} "
+          f"tokens_per_s={rates['continuous'][1]:.1f} tokens_per_s_per_turn={rates['per_turn'][1]:.1f} "
           f"tokens_per_s_sequential={rates['sequential'][1]:.1f} queue_overhead_ms={overhead_ms:.1f} "
           f"batch={args.batch} n={args.n}")
     return 0

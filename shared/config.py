@@ -117,6 +117,9 @@ class LLMSettings(BaseModel):
     max_retries: int = 3  # capped retries on connection errors / 5xx / 429
     max_batch_size: int = 16  # local backend: prompts per forward pass
     min_shared_prefix: int = 16  # local backend: a head this long shared by a batch's prompts is prefilled once
+    # local backend decode loop: "continuous" (shared.engine: a KV row per prompt, finished rows leave the batch
+    # and waiting prompts join) or "batch" (the earlier loop: one left-padded batch decoded to its longest row)
+    engine: Literal["continuous", "batch"] = "continuous"
     max_concurrency: int = 16  # openai backend: requests in flight at once
     # local backend weights: auto = bf16 where the CPU computes it natively (AVX512-BF16/AMX: batched
     # decoding ~2x faster, same greedy answers in our checks), else float32. Exact log-prob checks use float32.

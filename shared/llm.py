@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.client import ServiceCallError, ServiceClient
 from shared.config import LLMSettings, hf_offline, resolve_device, resolve_dtype
@@ -37,6 +37,9 @@ from shared.sglang import (
     sglang_generate_body,
     update_weights_body,
 )
+
+if TYPE_CHECKING:
+    from shared.engine import ContinuousEngine
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +164,8 @@ class LocalBackend(_Tokenization):
     def generate(self, prompts: Sequence[list[int]], sampling: SamplingParams) -> list[Generation]:
         if not prompts:
             return []
+        if self.settings.engine == "continuous":
+            return self._generate_continuous(prompts, sampling)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding per batch
         results: dict[int, Generation] = {}
         size = max(1, self.settings.max_batch_size)
@@ -169,6 +174,27 @@ class LocalBackend(_Tokenization):
                 chunk = order[start:start + size]
                 for i, gen in zip(chunk, self._generate_batch([prompts[i] for i in chunk], sampling), strict=True):
                     results[i] = gen
+        return [results[i] for i in range(len(prompts))]
+
+    def engine(self, slots: int | None = None) -> ContinuousEngine:
+        """A continuous-batching engine on this model (:mod:`shared.engine`), ``slots`` sequences at once."""
+        from shared.engine import ContinuousEngine
+
+        return ContinuousEngine(self, max(1, slots or self.settings.max_batch_size))
+
+    def _generate_continuous(self, prompts: Sequence[list[int]], sampling: SamplingParams) -> list[Generation]:
+        """Every prompt through one engine: up to ``max_batch_size`` decode together; as one ends, the next joins."""
+        if sampling.max_new_tokens <= 0:
+            return [Generation([], [], "", "length") for _ in prompts]
+        engine = self.engine(min(self.settings.max_batch_size, len(prompts)))
+        results: dict[int, Generation] = {}
+        for i, prompt in enumerate(prompts):
+            engine.submit(i, prompt, sampling)
+        while engine.busy():
+            for key, gen in engine.step():
+                assert isinstance(key, int)
+                results[key] = gen
+                engine.release(key)
         return [results[i] for i in range(len(prompts))]
 
     def _generate_batch(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:

@@ -10,6 +10,8 @@ One step (``v`` = this job's policy version; every request names it, so jobs nev
     rewards (+ DAPO overlong penalty) -> GRPO advantages     (algos.outcome_advantages)
     recompute log-probs with grad (micro-batches)  -> loss   (algos.policy_loss, + KL to reference)
     AdamW step -> checkpoint policy/v{v+1} -> publish v+1   (the next requests name it; workers load it)
+    max_staleness >= 1: step k+1's first round is enqueued (naming v) right after step k's gather, so it is
+    generated during step k's update; step k+1 then trains on v's samples with v's recorded log-probs
     keep a few trajectories -> trajectories/step_NNNN.jsonl  (learn/trajectories.py; the dashboard shows them)
 
 Tensors: ``prompt_ids + response_ids`` per episode, right-padded; the response mask is the
@@ -87,7 +89,10 @@ class RLConfig(BaseModel):
     episode: EpisodeSpec = Field(default_factory=EpisodeSpec)
     curriculum: CurriculumSpec = Field(default_factory=CurriculumSpec)
     max_refill_rounds: int = Field(default=2, ge=0, le=16)  # DAPO dynamic sampling: extra enqueue rounds per step
-    max_staleness: int = Field(default=0, ge=0, le=8)  # accept results this many versions old
+    # Accept results this many versions old. >= 1 also pipelines the steps: step k+1's first round is enqueued
+    # (naming policy v) before step k's update, so workers generate it while the trainer updates to v+1
+    # (one-step off-policy, as verl's and ASearcher's async modes); the ratio then uses the rollout log-probs.
+    max_staleness: int = Field(default=0, ge=0, le=8)
     # Leave episodes with a failed search (search_failures > 0: the retriever or simulator was down, the
     # policy read an error message instead of documents) out of the loss; counted as excluded_failed_search.
     exclude_failed_search: bool = True
@@ -107,6 +112,8 @@ class RLConfig(BaseModel):
         resolve_device(self.device)  # "cuda" on a machine without a GPU is refused at submission
         if self.prompts.kind == "ramp" and not self.prompts.path:
             raise ValueError("prompts.path: a RAMP prompt source needs the samples file (a ramp job's output)")
+        if self.keep_versions <= self.max_staleness:  # workers still generate with a version that old
+            raise ValueError(f"keep_versions ({self.keep_versions}) must exceed max_staleness ({self.max_staleness})")
         return self
 
 
@@ -133,7 +140,14 @@ class Rollouts:
     def run(self, requests: Sequence[EpisodeRequest], max_staleness: int, timeout_s: float) -> list[EpisodeResult]:
         """Enqueue ``requests``; their results in request order (each from a policy at least
         ``current version - max_staleness``; staler ones are re-run with the current policy)."""
+        self.enqueue(requests)
+        return self.collect(requests, max_staleness, timeout_s)
+
+    def enqueue(self, requests: Sequence[EpisodeRequest]) -> None:
         self.queue.enqueue(requests)
+
+    def collect(self, requests: Sequence[EpisodeRequest], max_staleness: int, timeout_s: float) -> list[EpisodeResult]:
+        """The results of ``requests`` enqueued earlier, in request order (the freshness rule of :meth:`run`)."""
         results = self.queue.collect(self.job_id, [r.episode_id for r in requests], self.policy, max_staleness,
                                      timeout_s)
         by_id = {r.episode_id: r for r in results}
@@ -190,6 +204,7 @@ class RLTrainer:
         self.version = 1  # the start weights; each update publishes the next
         self.versions: list[Path] = []  # checkpoints this job wrote (the oldest are deleted)
         self.asked: dict[str, EpisodeRequest] = {}  # this step's requests by episode id (for the samples)
+        self.ahead: list[EpisodeRequest] = []  # the next step's first round, enqueued already (max_staleness >= 1)
         self.start_path = resolve(config.model)
         self.run_tag = ""  # in episode ids: a resumed run's own, so its predecessor's orphans never match
         if resume is None:
@@ -239,9 +254,14 @@ class RLTrainer:
             need = cfg.batch_size - len({x.group_id for x in kept})
             if need <= 0:
                 break
-            requests = self._requests(self.sampler.take(need, point), point, tag=f"{self.run_tag}r{r}g")
-            self.asked.update((q.episode_id, q) for q in requests)
-            results = self.rollouts.run(requests, cfg.max_staleness, cfg.step_timeout_s)
+            if r == 0 and self.ahead:  # enqueued during the previous step's update (pipelined)
+                requests, self.ahead = self.ahead, []
+                self.asked.update((q.episode_id, q) for q in requests)
+                results = self.rollouts.collect(requests, cfg.max_staleness, cfg.step_timeout_s)
+            else:
+                requests = self._requests(self.sampler.take(need, point), point, tag=f"{self.run_tag}r{r}g")
+                self.asked.update((q.episode_id, q) for q in requests)
+                results = self.rollouts.run(requests, cfg.max_staleness, cfg.step_timeout_s)
             if not cfg.algo.dynamic_sampling:
                 return results, 0
             rewards = [self._reward(x) for x in results]
@@ -252,6 +272,13 @@ class RLTrainer:
         if not kept:  # every group was all-equal: train on the last round anyway (zero advantages, no update)
             kept = last
         return kept, dropped
+
+    def enqueue_ahead(self, step: int) -> None:
+        """Enqueue ``step``'s first round now, naming the current policy (the prompts and curriculum point it
+        would have had anyway: the sampler is taken in the same order)."""
+        point = self.curriculum.at(step)
+        self.ahead = self._requests(self.sampler.take(self.config.batch_size, point), point, tag=f"{self.run_tag}r0g")
+        self.rollouts.enqueue(self.ahead)
 
     def keep_samples(self, step: int, results: Sequence[EpisodeResult]) -> None:
         """A bounded sample of the step's trajectories, decoded: ``trajectories/step_NNNN.jsonl``."""
@@ -329,6 +356,9 @@ class RLTrainer:
         t0 = time.monotonic()
         self.asked = {}
         results, dropped = self.gather(point)
+        staleness = sum(self.version - r.policy_version for r in results) / max(len(results), 1)
+        if self.config.max_staleness >= 1 and step + 1 < self.config.steps:
+            self.enqueue_ahead(step + 1)  # the workers generate it with this version while we update
         self.keep_samples(step + 1, results)
         t1 = time.monotonic()
         metrics = self.update(results)
@@ -337,6 +367,7 @@ class RLTrainer:
         t2 = time.monotonic()
         return {**episode_metrics(results, self._reward), **metrics, **point.metrics(),
                 "dropped_groups": float(dropped), "policy_version": float(self.version),
+                "rollout_staleness": staleness,  # versions between the samples' policy and the one updated
                 "rollout_s": t1 - t0, "update_s": t2 - t1}
 
 

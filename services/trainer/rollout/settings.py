@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,7 +38,12 @@ class WorkerSettings(BaseSettings):
     retriever_api_key: SecretStr | None = None  # the retriever's key (its RETRIEVER_API_KEY)
     simulator_api_key: SecretStr | None = None  # the simulator's key (its SIMULATOR_API_KEY)
     judge_api_key: SecretStr | None = None  # the judge's key (its JUDGE_API_KEY)
-    batch_size: int = Field(default=8, ge=1)  # episodes generated together (per-turn batching)
+    batch_size: int = Field(default=8, ge=1)  # episodes claimed and generated together
+    # how a batch is decoded: "continuous" (rollout/continuous.py: rows leave and join the decode batch, each
+    # episode's KV cache kept across turns, searches overlap decoding) or "per_turn" (agent.py: each turn one
+    # batch to its longest row, then every search; the conversation prefilled again each turn). Remote
+    # generation backends always run per turn.
+    rollout: Literal["continuous", "per_turn"] = "continuous"
     block_ms: int = Field(default=1000, ge=1)  # how long one XREADGROUP waits for new episodes
     batch_wait_ms: int = Field(default=100, ge=0)  # after a partial batch arrives, wait this long to fill it
     visibility_timeout_s: float = Field(default=120.0, gt=0)  # idle pending entries older than this are reclaimed

@@ -5,8 +5,8 @@
 Any number of workers, on any host, share the ``workers`` consumer group. Each loop: claim up to
 ``batch_size`` episodes (stale ones of dead workers first) -> group them by the policy each names
 (:class:`shared.schemas.PolicyRef`; none: the worker's configured model) -> load what is not loaded
-yet into a small LRU (``WORKER_POLICY_CACHE`` models) -> run each group together with per-turn
-batched generation -> write each result exactly once and acknowledge it. A heartbeat thread keeps
+yet into a small LRU (``WORKER_POLICY_CACHE`` models) -> run each group together (``WORKER_ROLLOUT``:
+continuous batching with KV reuse across turns, or per-turn batches) -> write each result exactly once and acknowledge it. A heartbeat thread keeps
 in-flight entries from being reclaimed while a long batch runs. If a batch raises, its episodes
 are re-run one by one so that only the poison episode is retried (and dead-lettered after
 ``max_attempts``); an episode reclaimed from a worker that died (or hung) runs alone, so an episode
@@ -46,6 +46,7 @@ from typing import TypeVar
 import redis
 
 from services.trainer.rollout.agent import AgentRunner
+from services.trainer.rollout.continuous import ContinuousRunner
 from services.trainer.rollout.queue import Delivery, EpisodeQueue
 from services.trainer.rollout.remote_lane import RemoteLane
 from services.trainer.rollout.search import SearchEndpoints, SearchRegistry
@@ -289,7 +290,11 @@ class Worker:
         if self.policies.names() != self._registered:  # a policy loaded or evicted: say so now, not at the next beat
             self.write(self._register, "register")
         try:
-            runner = AgentRunner(backend, self.search, self.judge, self.name, policy.version)
+            if self.settings.rollout == "continuous":
+                runner: AgentRunner = ContinuousRunner(backend, self.search, self.judge, self.name, policy.version,
+                                                       slots=self.settings.batch_size)
+            else:
+                runner = AgentRunner(backend, self.search, self.judge, self.name, policy.version)
             results = runner.run([d.request for d in group])
         except Exception as exc:  # the one place an episode crash is contained (logged)
             if len(group) > 1:

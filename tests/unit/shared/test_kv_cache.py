@@ -65,3 +65,32 @@ def test_new_tokens_are_written_in_place_not_copied() -> None:
     before = layer.keys.untyped_storage().data_ptr()
     layer.update(*_states(2, 1, seed=3))
     assert layer.keys.untyped_storage().data_ptr() == before  # same buffer: no whole-cache copy per token
+
+
+def test_slot_rows_hold_sequences_of_their_own_lengths() -> None:
+    """Row by row, a SlotCache holds what a separate cache per sequence would, through prefill, decode,
+    growth past its capacity, a swap and a copied head."""
+    from shared.kv_cache import SlotCache
+
+    cache = SlotCache(layers=1, slots=3, kv_heads=3, head_dim=8, dtype=torch.float32, device="cpu", capacity=4)
+    plain = {row: DynamicLayer() for row in range(2)}
+    for row, n in ((0, 5), (1, 2)):  # prefill: row 0 with 5 tokens, row 1 with 2 (past the capacity of 4)
+        k, v = _states(1, n, seed=row)
+        cache.for_prefill(row, 0, n)
+        got_k, _ = cache.update(k, v, 0)
+        want_k, _ = plain[row].update(k, v)
+        assert torch.equal(got_k, want_k)
+    lengths = torch.tensor([5, 2])
+    for step in range(3):  # decode both rows together, each at its own position
+        k, v = _states(2, 1, seed=10 + step)
+        cache.for_decode(lengths, int(lengths.max()) + 1)
+        got_k, got_v = cache.update(k, v, 0)
+        for row in range(2):
+            want_k, want_v = plain[row].update(k[row:row + 1], v[row:row + 1])
+            n = int(lengths[row]) + 1
+            assert torch.equal(got_k[row, :, :n], want_k[0]) and torch.equal(got_v[row, :, :n], want_v[0])
+        lengths += 1
+    cache.swap(0, 2, 8)
+    assert torch.equal(cache.keys[0][2, :, :8], plain[0].keys[0])
+    cache.copy(1, 0, 3)
+    assert torch.equal(cache.keys[0][0, :, :3], plain[1].keys[0, :, :3])

@@ -86,3 +86,26 @@ def test_rl_job_updates_the_policy_and_workers_follow(job_client: TrainerClient,
         assert f"of {job_id}@v{version} in" in log, log
     assert f"loading policy {job_id} v{start + 1} from {result['checkpoint'].rsplit('/', 1)[0]}/policy/v{start + 1}" \
         in log, log
+
+
+def test_pipelined_rl_trains_each_step_on_the_previous_versions_samples(
+        job_client: TrainerClient, private_redis: Proc, small_retriever: Proc, start_worker: Callable[..., Proc]) -> None:
+    """max_staleness 1: step k+1's episodes are enqueued before step k's update, so they come from version v
+    while the trainer is at v+1 (one-step off-policy), and the job still ends with one version per step."""
+    worker = start_worker(private_redis.url, "rl-worker-pipe", retriever_url=small_retriever.url, batch_size=4)
+    config = {
+        "model": "smollm2", "steps": 3, "batch_size": 2, "group_size": 2, "micro_batch_size": 4, "max_staleness": 1,
+        "prompts": {"dataset": "hotpotqa", "limit": 6},
+        "episode": {"max_turns": 1, "max_total_tokens": 96, "obs_max_tokens": 32, "topk": 1,
+                    "sampling": {"max_new_tokens": 16, "temperature": 1.0, "seed": 0},
+                    "reward": {"kind": "hybrid", "metric": "f1", "format_weight": 0.2}},
+        "algo": {"name": "grpo", "entropy_coef": 0.01}, "optim": {"lr": 1e-4}, "step_timeout_s": 600,
+    }
+    job_id = job_client.submit("rl", config)
+    steps = [e for e in job_client.events(job_id) if e["type"] == "step"]
+    status = job_client.wait(job_id, timeout_s=60)
+    assert status.state == "succeeded", f"{status.error}\n--- worker\n{worker.log_tail()}"
+    result = json.loads(job_client.artifact(job_id, "result.json"))
+    assert result["final_version"] == result["start_version"] + 3
+    assert [e["metrics"]["rollout_staleness"] for e in steps] == [0.0, 1.0, 1.0]
+    assert all(e["metrics"]["episodes"] == 4 and e["metrics"]["trained_tokens"] > 0 for e in steps)

@@ -1,5 +1,7 @@
 """(d) The agent loop with the real embedded policy and a real retriever: the loss mask is 0 exactly on
-the ``<information>`` observation tokens, and the recorded log-probs are the policy's own."""
+the ``<information>`` observation tokens, and the recorded log-probs are the policy's own. Every test runs
+on both rollouts: per-turn batches (``AgentRunner``) and continuous batching with KV reuse
+(``ContinuousRunner``), which must also give the same episodes greedily."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.trainer.rollout.agent import AgentRunner
+from services.trainer.rollout.continuous import ContinuousRunner
 from services.trainer.rollout.search import SearchEndpoints, SearchRegistry
 from shared.config import LLMSettings
 from shared.data import load_split
@@ -41,8 +44,14 @@ def backend() -> Iterator[LocalBackend]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def results(backend: LocalBackend, small_retriever: Proc) -> list[EpisodeResult]:
+def make_runner(kind: str, backend: LocalBackend, search: SearchRegistry) -> AgentRunner:
+    if kind == "continuous":
+        return ContinuousRunner(backend, search, worker="test", slots=3)  # 4 episodes: one waits for a row
+    return AgentRunner(backend, search, worker="test")
+
+
+@pytest.fixture(scope="module", params=["per_turn", "continuous"])
+def results(request: pytest.FixtureRequest, backend: LocalBackend, small_retriever: Proc) -> list[EpisodeResult]:
     rows = load_split("hotpotqa", "all", 4)
     search = SearchRegistry(SearchEndpoints(retriever_url=small_retriever.url))
     reqs = [EpisodeRequest(job_id="mask", episode_id=str(i), question=r["question"], ground_truth=r["answers"],
@@ -52,7 +61,7 @@ def results(backend: LocalBackend, small_retriever: Proc) -> list[EpisodeResult]
     rag = EpisodeRequest(job_id="mask", episode_id="rag", method="rag", question=rows[3]["question"],
                          ground_truth=rows[3]["answers"], sampling=EpisodeSampling(max_new_tokens=8), topk=2)
     try:
-        return AgentRunner(backend, search, worker="test").run([*reqs, rag])
+        return make_runner(request.param, backend, search).run([*reqs, rag])
     finally:
         search.close()
 
@@ -91,3 +100,29 @@ def test_recorded_logprobs_are_the_policys_own(backend: LocalBackend, results: l
     own = [(got, want) for got, want, m in zip(r.logprobs, teacher, r.loss_mask, strict=True) if m == 1]
     assert own
     assert max(abs(got - want) for got, want in own) < 0.05
+
+
+def test_continuous_rollout_gives_the_per_turn_episodes_and_reuses_the_cache(backend: LocalBackend,
+                                                                              small_retriever: Proc) -> None:
+    """Greedy, two turns with real searches: the same token records either way; the continuous runner's log-probs
+    match a full forward pass of each episode to 1e-3, and its second turns prefilled the observations only."""
+    rows = load_split("hotpotqa", "all", 3)
+    reqs = [EpisodeRequest(job_id="same", episode_id=str(i), question=r["question"], ground_truth=r["answers"],
+                           sampling=EpisodeSampling(max_new_tokens=24, temperature=0.0), max_turns=2, topk=2, obs_max_tokens=48,
+                           max_total_tokens=300) for i, r in enumerate(rows)]
+    search = SearchRegistry(SearchEndpoints(retriever_url=small_retriever.url))
+    try:
+        per_turn = make_runner("per_turn", backend, search).run(reqs)
+        runner = ContinuousRunner(backend, search, worker="test", slots=3)
+        continuous = runner.run(reqs)
+    finally:
+        search.close()
+    for a, b in zip(per_turn, continuous, strict=True):
+        assert (a.response_ids, a.loss_mask, a.turns, a.answer) == (b.response_ids, b.loss_mask, b.turns, b.answer)
+        teacher = backend.sequence_logprobs(b.prompt_ids, b.response_ids)
+        own = [(got, want) for got, want, m in zip(b.logprobs, teacher, b.loss_mask, strict=True) if m == 1]
+        assert max(abs(got - want) for got, want in own) < 1e-3
+    assert max(r.turns for r in continuous) >= 2
+    history = sum(len(r.prompt_ids) + len(r.response_ids) for r in continuous)
+    assert runner.stats["reused_tokens"] > 0
+    assert runner.stats["prefilled_tokens"] < history  # per turn, every turn prefills its whole history again

@@ -1,0 +1,133 @@
+"""One GRPO step end to end at the demo's sizes: earlier rollouts vs continuous + KV reuse, staleness 0 and 1.
+
+    python bench/rl_step.py [--steps 3] [--workers 2] [--batch 8]
+
+Starts a real Redis, a retriever over a small corpus (the first 2,000 passages plus the supporting
+passages of the questions) and, per run, ``--workers`` rollout workers (subprocesses, ``WORKER_BATCH_SIZE``
+as the local cluster's). Each run trains ``--steps`` GRPO steps of the demo's RL stage in this process
+(:func:`services.trainer.learn.rl.train_rl`: 4 HotpotQA train questions x 4 samples, two search turns,
+96 new tokens a turn, top 10 blocks trained): generation, rewards, update, checkpoint, publish. The
+first step (nothing to overlap yet) is left out; a step's time is the mean of the others.
+
+- ``per_turn``     the earlier worker (``WORKER_ROLLOUT=per_turn WORKER_LLM__ENGINE=batch``), max_staleness 0;
+- ``continuous``   the default worker (continuous batching, KV kept across turns), max_staleness 0;
+- ``pipelined``    the default worker, max_staleness 1 (step k+1 generated during step k's update).
+
+Ends with ``BENCH rl_step step_s=… step_s_per_turn=… speedup=… speedup_staleness0=…`` (speedup: the
+best new run vs ``per_turn``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from services.trainer.learn.rl import RLConfig, Rollouts, train_rl
+from services.trainer.rollout.queue import EpisodeQueue
+from shared.config import cache_dir, corpus_path
+from shared.data import load_split, open_text
+from shared.processes import Proc, spawn, start_redis, start_service
+
+RUNS = {  # label -> (worker env, max_staleness)
+    "per_turn": ({"WORKER_ROLLOUT": "per_turn", "WORKER_LLM__ENGINE": "batch"}, 0),
+    "continuous": ({"WORKER_ROLLOUT": "continuous", "WORKER_LLM__ENGINE": "continuous"}, 0),
+    "pipelined": ({"WORKER_ROLLOUT": "continuous", "WORKER_LLM__ENGINE": "continuous"}, 1),
+}
+
+
+def small_corpus(out: Path, first: int = 2000) -> Path:
+    wanted = {pid for r in load_split("hotpotqa", "train", 200) for pid in r.get("supporting_passage_ids", [])}
+    with open_text(corpus_path()) as src, open(out, "w") as dst:
+        for i, line in enumerate(src):
+            if i < first or json.loads(line)["id"] in wanted:
+                dst.write(line)
+    return out
+
+
+def demo_config(steps: int, max_staleness: int) -> RLConfig:
+    """The demo's RL stage (services/demo.py, DEFAULT sizes), from the base model."""
+    return RLConfig.model_validate({
+        "model": "smollm2", "steps": steps, "batch_size": 4, "group_size": 4, "max_staleness": max_staleness,
+        "prompts": {"kind": "qa", "dataset": "hotpotqa"},
+        "episode": {"max_turns": 2, "max_total_tokens": 1024, "obs_max_tokens": 384, "topk": 3,
+                    "sampling": {"max_new_tokens": 96, "temperature": 1.0},
+                    "reward": {"kind": "hybrid", "metric": "f1", "format_weight": 0.2}},
+        "algo": {"name": "grpo"}, "optim": {"lr": 5e-6}, "micro_batch_size": 2, "train_layers": 10,
+        "trajectory_samples": 0, "step_timeout_s": 3600,
+    })
+
+
+def run(label: str, redis_url: str, retriever_url: str, args: argparse.Namespace, work: Path) -> list[float]:
+    env, staleness = RUNS[label]
+    q = EpisodeQueue(redis_url)
+    workers = []
+    try:
+        for i in range(args.workers):
+            name = f"rl-{label}-{i}"
+            workers.append(spawn(name, [sys.executable, "-m", "services.trainer.rollout.worker"], log_dir=work / "logs",
+                                 env={"WORKER_REDIS_URL": redis_url, "WORKER_NAME": name, "WORKER_RETRIEVER_URL": retriever_url,
+                                      "WORKER_BATCH_SIZE": str(args.batch), "WORKER_BLOCK_MS": "100", **env}))
+        deadline = time.monotonic() + 600
+        while not all(f"rl-{label}-{i}" in q.workers() for i in range(args.workers)):
+            if time.monotonic() > deadline or not all(w.alive() for w in workers):
+                raise RuntimeError(f"workers did not start:\n{workers[0].log_tail()}")
+            time.sleep(0.2)
+        marks = [time.monotonic()]
+        train_rl(demo_config(args.steps, staleness), f"bench-{label}", work / label, Rollouts(redis_url, f"bench-{label}"),
+                 on_step=lambda step, total, metrics: marks.append(time.monotonic()))
+        return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+    finally:
+        q.close()
+        for w in workers:
+            w.stop()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=3, help="GRPO steps per run (the first is left out)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8, help="WORKER_BATCH_SIZE (the local cluster's default)")
+    p.add_argument("--runs", default=",".join(RUNS), help="which runs, comma-separated")
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)  # the trainer gets every core, as in the local cluster
+    work = Path(tempfile.mkdtemp(prefix="bench-rl-step-"))
+    from services.retriever.index import ensure_index
+
+    index = ensure_index(small_corpus(work / "corpus.jsonl"), cache_dir() / "indexes" / "bench-rl-step")
+    redis = start_redis(log_dir=work / "logs")
+    procs: list[Proc] = [redis]
+    times: dict[str, list[float]] = {}
+    try:
+        retriever = start_service("retriever", {"RETRIEVER_INDEX_DIR": str(index)}, log_dir=work / "logs")
+        procs.append(retriever)
+        for label in args.runs.split(","):
+            times[label] = run(label, redis.url, retriever.url, args, work)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    print("| run | max_staleness | step seconds (each) | step s (mean after the first) |\n|---|---:|---|---:|")
+    mean = {}
+    for label, secs in times.items():
+        later = secs[1:] or secs
+        mean[label] = sum(later) / len(later)
+        print(f"| {label} | {RUNS[label][1]} | {', '.join(f'{s:.1f}' for s in secs)} | {mean[label]:.1f} |")
+    base = mean.get("per_turn")
+    best = min((v for k, v in mean.items() if k != "per_turn"), default=None)
+    parts = [f"step_s_{k}={v:.1f}" for k, v in mean.items()]
+    if base and best:
+        parts += [f"step_s={best:.1f}", f"speedup={base / best:.2f}"]
+        if "continuous" in mean:
+            parts.append(f"speedup_staleness0={base / mean['continuous']:.2f}")
+    print(f"BENCH rl_step {' '.join(parts)} steps={args.steps} workers={args.workers} batch={args.batch} episodes=16")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
