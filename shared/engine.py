@@ -19,7 +19,8 @@ One ``step()``:
     each sequence that wants a generation and has > 1 unfed token: prefill them but the last, alone
     move generating sequences to rows 0..n-1 (swapping rows)
     one batched forward: each row's one unfed token at its own position -> logits (n, vocab)
-    per row: log-prob (temperature 1), choose the next token, check EOS / stop strings / length
+    per row: log-prob (temperature 1), choose the next token (EOS and tag-opening tokens held back until
+             the row has ``min_content_tokens`` non-blank ones), check EOS / stop strings / length
     finished rows stop generating (they keep their row until released); waiting sequences take free rows
 
 A sequence that finished keeps its last token unfed: the next ``submit`` feeds it with the new tokens.
@@ -51,6 +52,7 @@ class _Sequence:
     fed: int = 0  # tokens[:fed] are in the row
     out_ids: list[int] = field(default_factory=list)
     out_lp: list[float] = field(default_factory=list)
+    content: int = 0  # non-blank tokens generated since the submit (SamplingParams.min_content_tokens)
 
 
 class ContinuousEngine:
@@ -96,7 +98,7 @@ class ContinuousEngine:
             if seq.slot >= 0:
                 self.held[seq.slot] = seq.tokens[:seq.fed]
         seq.sampling = sampling
-        seq.out_ids, seq.out_lp = [], []
+        seq.out_ids, seq.out_lp, seq.content = [], [], 0
         # Each sequence its own stream: seeded ones from (seed, order of submission), so a batch of
         # samples of one prompt with one seed still differ, reproducibly; unseeded ones at random.
         seq.generator = self._torch.Generator(device=self.device)
@@ -165,11 +167,19 @@ class ContinuousEngine:
             self.steps += 1
             logits = out.logits[:, -1, :].float()  # (n, vocab)
             logp = torch.log_softmax(logits, dim=-1)
+            short = [row for row, s in enumerate(active) if s.content < s.sampling.min_content_tokens]  # type: ignore[union-attr]
+            if short:  # these rows may not end or open a tag yet (log-probs stay the model's own)
+                held, blank = self.backend._min_content_rule()
+                logits = logits.clone()
+                logits[torch.tensor(short, dtype=torch.long, device=self.device).unsqueeze(-1), held.unsqueeze(0)] = \
+                    float("-inf")
             finished = []
             for row, seq in enumerate(active):
                 self.held[seq.slot] = seq.tokens[:seq.fed + 1]
                 seq.fed += 1
                 tok = self._choose(logits[row], seq)
+                if short and tok not in blank:
+                    seq.content += 1
                 seq.out_ids.append(tok)
                 seq.out_lp.append(float(logp[row, tok]))
                 seq.tokens.append(tok)

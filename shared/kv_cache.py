@@ -157,19 +157,26 @@ class SlotCache:
         return keys[:n, :, :self._width], values[:n, :, :self._width]
 
     def copy(self, src: int, dst: int, length: int) -> None:
-        """Row ``dst``'s first ``length`` positions := row ``src``'s (a shared prompt head)."""
-        for buffers in (self.keys, self.values):
-            for b in buffers:
-                b[dst, :, :length] = b[src, :, :length]
+        """Row ``dst``'s first ``length`` positions := row ``src``'s (a shared prompt head).
+
+        In inference mode, as the buffers were written: called outside it (a sequence admitted when
+        another is released), an in-place write to an inference tensor is an error."""
+        import torch
+
+        with torch.inference_mode():
+            for buffers in (self.keys, self.values):
+                for b in buffers:
+                    b[dst, :, :length] = b[src, :, :length]
 
     def swap(self, a: int, b: int, length: int) -> None:
         """Exchange rows ``a`` and ``b`` (their first ``length`` positions)."""
         import torch
 
-        idx, rev = torch.tensor([a, b]), torch.tensor([b, a])
-        for buffers in (self.keys, self.values):
-            for buf in buffers:
-                buf[idx, :, :length] = buf[rev, :, :length]
+        with torch.inference_mode():
+            idx, rev = torch.tensor([a, b]), torch.tensor([b, a])
+            for buffers in (self.keys, self.values):
+                for buf in buffers:
+                    buf[idx, :, :length] = buf[rev, :, :length]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._width

@@ -94,3 +94,19 @@ def test_slot_rows_hold_sequences_of_their_own_lengths() -> None:
     assert torch.equal(cache.keys[0][2, :, :8], plain[0].keys[0])
     cache.copy(1, 0, 3)
     assert torch.equal(cache.keys[0][0, :, :3], plain[1].keys[0, :, :3])
+
+
+def test_rows_written_in_inference_mode_can_be_copied_and_swapped_outside_it() -> None:
+    """The engine writes rows inside ``torch.inference_mode`` and admits a waiting sequence (copying a shared
+    prompt head into its row) when another is released, outside it."""
+    from shared.kv_cache import SlotCache
+
+    cache = SlotCache(layers=1, slots=2, kv_heads=3, head_dim=8, dtype=torch.float32, device="cpu", capacity=4)
+    k, v = _states(1, 4, seed=3)
+    with torch.inference_mode():
+        cache.for_prefill(0, 0, 4)
+        cache.update(k, v, 0)
+    cache.copy(0, 1, 4)
+    assert torch.equal(cache.keys[0][1, :, :4], k[0]) and torch.equal(cache.values[0][1, :, :4], v[0])
+    cache.swap(0, 1, 4)
+    assert torch.equal(cache.keys[0][0, :, :4], k[0])
