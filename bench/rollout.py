@@ -1,6 +1,6 @@
 """Rollout throughput: continuous batching with KV reuse vs per-turn batches vs one episode at a time.
 
-    python bench/rollout.py [--n 8] [--batch 8] [--max-new-tokens 32] [--max-turns 2] [--noop 100]
+    python bench/rollout.py [--n 8] [--batch 8] [--max-new-tokens 32] [--max-turns 2] [--noop 100] [--policy DIR]
 
 Starts a real Redis, a retriever over a small corpus (the first 2,000 passages plus the supporting
 passages of the questions) and rollout workers as subprocesses (``python -m services.trainer.rollout.worker``).
@@ -10,6 +10,8 @@ The same N agent episodes (HotpotQA questions, greedy) run three times, each thr
 - ``per_turn``    the earlier worker: ``WORKER_ROLLOUT=per_turn WORKER_LLM__ENGINE=batch``, same batch size;
 - ``sequential``  the earlier worker one episode at a time (``WORKER_BATCH_SIZE=1``).
 
+``--policy DIR`` runs every episode with that model folder (e.g. the demo's SFT checkpoint, a policy that
+searches: the base model mostly answers at once, so its rows run in lockstep and there is little to overlap).
 The clock runs from enqueue to the last result (model loading excluded). Then the queue's own
 overhead: no-op episodes sent one at a time, enqueue -> result. Ends with one line:
 
@@ -30,7 +32,7 @@ from services.trainer.rollout.queue import EpisodeQueue
 from shared.config import cache_dir, corpus_path
 from shared.data import load_split, open_text
 from shared.processes import Proc, spawn, start_redis, start_service
-from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeSampling
+from shared.schemas import EpisodeRequest, EpisodeResult, EpisodeSampling, PolicyRef
 
 
 def small_corpus(rows: list[dict], out: Path, first: int = 2000) -> Path:
@@ -66,9 +68,10 @@ def wait_registered(q: EpisodeQueue, name: str, proc: Proc, timeout_s: float = 6
 
 def run_job(q: EpisodeQueue, job: str, rows: list[dict], args: argparse.Namespace) -> tuple[float, list[EpisodeResult]]:
     sampling = EpisodeSampling(max_new_tokens=args.max_new_tokens, temperature=0.0)
+    policy = PolicyRef(owner="bench", path=args.policy) if args.policy else None
     reqs = [EpisodeRequest(job_id=job, episode_id=str(r["id"]), method="agent", question=r["question"],
                            ground_truth=r["answers"], sampling=sampling, max_turns=args.max_turns, topk=3,
-                           obs_max_tokens=128) for r in rows]
+                           obs_max_tokens=128, policy=policy) for r in rows]
     start = time.monotonic()
     q.enqueue(reqs)
     results = q.wait(job, len(reqs), timeout_s=3600)
@@ -82,6 +85,7 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--max-turns", type=int, default=2)
     p.add_argument("--noop", type=int, default=100, help="no-op episodes for the queue overhead")
+    p.add_argument("--policy", default="", help="model folder every episode runs with (default: the worker's model)")
     args = p.parse_args()
 
     rows = load_split("hotpotqa", "eval", args.n)
@@ -135,7 +139,7 @@ def main() -> int:
           f"per_turn_vs_sequential={eps_turn / eps_seq:.2f} continuous_vs_per_turn={eps / eps_turn:.2f} "
           f"tokens_per_s={rates['continuous'][1]:.1f} tokens_per_s_per_turn={rates['per_turn'][1]:.1f} "
           f"tokens_per_s_sequential={rates['sequential'][1]:.1f} queue_overhead_ms={overhead_ms:.1f} "
-          f"batch={args.batch} n={args.n}")
+          f"batch={args.batch} n={args.n} policy={'base' if not args.policy else Path(args.policy).parent.name}")
     return 0
 
 
