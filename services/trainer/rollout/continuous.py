@@ -16,7 +16,10 @@ longest row, then searches, and each turn prefills the whole conversation again.
             holds prompt + history, so only the observation (and the last generated token) is prefilled
         no row generating -> wait for the next search to come back
 
-Episodes beyond ``slots`` wait and take a row as one ends. Results, token records, masks and
+Episodes beyond ``slots`` wait and take a row as one ends. With ``more`` (the worker: a non-blocking read
+of the episode queue) rows that fall free are refilled from outside while the others decode, and with
+``emit`` each episode's result goes out as soon as it ends, so a batch never waits for its slowest row
+to start new work. Results, token records, masks and
 log-probs are those of ``AgentRunner`` (log-probs: the model's own at temperature 1, exact to one
 forward pass of the whole sequence). A backend without an engine (remote servers) runs per turn.
 """
@@ -24,8 +27,9 @@ forward pass of the whole sequence). A backend without an engine (remote servers
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from services.trainer.rollout.agent import AgentRunner
@@ -38,6 +42,10 @@ from shared.schemas import EpisodeRequest, EpisodeResult
 log = logging.getLogger(__name__)
 
 SEARCH_THREADS = 4  # search batches in flight at once (each batch is itself concurrent in the client)
+REFILL_EVERY_S = 0.05  # how often ``more`` is asked again after it had nothing (a decode step is ~20-60 ms)
+
+More = Callable[[int], Sequence[EpisodeRequest]]  # free rows -> up to that many new episodes (none: nothing now)
+Emit = Callable[[list[int], list[EpisodeResult]], None]  # episode indices (in run order) -> their results
 
 
 class ContinuousRunner(AgentRunner):
@@ -49,17 +57,36 @@ class ContinuousRunner(AgentRunner):
         self.slots = slots
         self.stats: dict[str, int] = {}  # the last run's engine counters (decode steps, prefilled / reused tokens)
 
-    def run(self, requests: Sequence[EpisodeRequest]) -> list[EpisodeResult]:
+    def run(self, requests: Sequence[EpisodeRequest], more: More | None = None,
+            emit: Emit | None = None) -> list[EpisodeResult]:
+        """Run ``requests`` (and what ``more`` adds) to completion; every result, in run order.
+
+        ``more(free)`` is asked for new episodes whenever fewer than ``slots`` are unfinished; they are
+        numbered after the ones before them. ``emit(indices, results)`` gets the episodes that ended in a
+        step (one judge call for them), as they end."""
         make_engine = getattr(self.backend, "engine", None)
         if make_engine is None:
-            return super().run(requests)
+            ran = super().run(requests)
+            if emit is not None:
+                emit(list(range(len(ran))), ran)
+            return ran
         trajs = [self.start(r) for r in requests]
-        engine = make_engine(min(self.slots, max(1, len(trajs))))
+        engine = make_engine(self.slots if more is not None else min(self.slots, max(1, len(trajs))))
         limits: dict[int, int] = {}  # episode -> its token limit for the generation in flight
         searching: dict[Future[list[SearchOutcome]], list[int]] = {}
         sent: set[int] = set()  # episodes whose search is in flight
+        results: dict[int, EpisodeResult] = {}
+        asked_at = float("-inf")  # when ``more`` last had nothing
         with ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="search") as pool:
-            while any(t.state is not AgentState.DONE for t in trajs):
+            while True:
+                unfinished = sum(t.state is not AgentState.DONE for t in trajs)
+                if more is not None and unfinished < self.slots and time.monotonic() - asked_at > REFILL_EVERY_S:
+                    added = [self.start(r) for r in more(self.slots - unfinished)]
+                    trajs += added
+                    unfinished += len(added)
+                    asked_at = float("-inf") if added else time.monotonic()
+                if not unfinished:
+                    break
                 for i, t in enumerate(trajs):
                     if t.state is AgentState.GENERATE and i not in limits:
                         params, limits[i] = self.sampling(t)
@@ -84,8 +111,21 @@ class ContinuousRunner(AgentRunner):
                         self.after_search(trajs[i], outcome)
                         if trajs[i].state is AgentState.DONE:
                             engine.release(i)
-        self.stats = {"decode_steps": engine.steps, "prefilled_tokens": engine.prefilled, "reused_tokens": engine.reused}
-        return self._results(trajs)
+                if emit is not None:
+                    self._emit(trajs, results, emit)
+        self.stats = {"decode_steps": engine.steps, "prefilled_tokens": engine.prefilled, "reused_tokens": engine.reused,
+                      "episodes": len(trajs)}
+        if emit is None:
+            return self._results(trajs)
+        return [results[i] for i in range(len(trajs))]
+
+    def _emit(self, trajs: list[Trajectory], results: dict[int, EpisodeResult], emit: Emit) -> None:
+        """The episodes that ended since the last call: their results (judged together), out through ``emit``."""
+        ended = [i for i, t in enumerate(trajs) if t.state is AgentState.DONE and i not in results]
+        if ended:
+            for i, result in zip(ended, self._results([trajs[i] for i in ended]), strict=True):
+                results[i] = result
+            emit(ended, [results[i] for i in ended])
 
     def _send_searches(self, trajs: list[Trajectory], sent: set[int],
                        searching: dict[Future[list[SearchOutcome]], list[int]], pool: ThreadPoolExecutor) -> None:

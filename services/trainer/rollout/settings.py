@@ -44,6 +44,10 @@ class WorkerSettings(BaseSettings):
     # batch to its longest row, then every search; the conversation prefilled again each turn). Remote
     # generation backends always run per turn.
     rollout: Literal["continuous", "per_turn"] = "continuous"
+    # continuous: while a batch decodes, rows that end are refilled with new episodes of the same policy read
+    # off the queue (each result written as its episode ends), up to this many episodes in one run; then the
+    # run drains and the loop claims afresh (so episodes of other policies, held meanwhile, get their turn)
+    refill_limit: int = Field(default=64, ge=0, le=100_000)
     block_ms: int = Field(default=1000, ge=1)  # how long one XREADGROUP waits for new episodes
     batch_wait_ms: int = Field(default=100, ge=0)  # after a partial batch arrives, wait this long to fill it
     visibility_timeout_s: float = Field(default=120.0, gt=0)  # idle pending entries older than this are reclaimed

@@ -54,7 +54,7 @@ from services.trainer.rollout.settings import WorkerSettings
 from shared.client import JudgeClient
 from shared.llm import LLMBackend, get_backend
 from shared.models import resolve
-from shared.schemas import PolicyRef
+from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 from shared.sglang import WeightSyncError
 
 log = logging.getLogger("searchlab.worker")
@@ -165,6 +165,7 @@ class Worker:
         self.weight_sync_failures = 0  # episodes re-queued because the rollout server kept its old weights
         self.redis_errors = 0  # Redis calls that failed and were retried
         self._registered: list[str] = []
+        self._held: list[Delivery] = []  # read while refilling a run of another policy: processed next
         self._expired: set[str] = set()  # entries past their deadline (logged once)
 
     # -- loop -------------------------------------------------------------------------------
@@ -184,6 +185,10 @@ class Worker:
                 count = min(count, limit - self.completed - self.lane.capacity + self.lane.free())
             if count <= 0:  # the remote lane is full (or has the last episodes): wait for a slot
                 self.lane.wait_free(self.settings.block_ms / 1000)
+                continue
+            if self._held:
+                deliveries, self._held = self._held, []
+                self.process(deliveries)
                 continue
             try:
                 deliveries = self._claim(count)
@@ -289,18 +294,36 @@ class Worker:
             return
         if self.policies.names() != self._registered:  # a policy loaded or evicted: say so now, not at the next beat
             self.write(self._register, "register")
+        group = list(group)  # a continuous run appends the episodes it refills with
+        written: set[int] = set()
+
+        def emit(indices: list[int], results: list[EpisodeResult]) -> None:
+            for i, result in zip(indices, results, strict=True):
+                if self.write(partial(self.queue.complete, group[i], result), "complete") is False:
+                    log.info("%s: episode %s already had a result; this run was dropped", self.name,
+                             group[i].request.episode_id)
+                written.add(i)
+                self._count()
+            done = {id(group[i]) for i in indices}
+            with self._inflight_lock:  # no longer refreshed by the heartbeat
+                self._inflight = [d for d in self._inflight if id(d) not in done]
+
         try:
             if self.settings.rollout == "continuous":
-                runner: AgentRunner = ContinuousRunner(backend, self.search, self.judge, self.name, policy.version,
-                                                       slots=self.settings.batch_size)
+                runner = ContinuousRunner(backend, self.search, self.judge, self.name, policy.version,
+                                          slots=self.settings.batch_size)
+                refill = partial(self._refill, policy, group, written) if self.settings.batch_size > 1 else None
+                results = runner.run([d.request for d in group], more=refill, emit=emit)
             else:
-                runner = AgentRunner(backend, self.search, self.judge, self.name, policy.version)
-            results = runner.run([d.request for d in group])
+                results = AgentRunner(backend, self.search, self.judge, self.name,
+                                      policy.version).run([d.request for d in group])
+                emit(list(range(len(group))), results)
         except Exception as exc:  # the one place an episode crash is contained (logged)
+            left = [d for i, d in enumerate(group) if i not in written]
             if len(group) > 1:
-                log.warning("%s: a batch of %d raised %r; re-running its episodes one by one", self.name,
-                            len(group), exc)
-                for d in group:
+                log.warning("%s: a batch of %d raised %r; re-running its %d unfinished episodes one by one",
+                            self.name, len(group), exc, len(left))
+                for d in left:
                     self._run_group(policy, [d])
                 return
             log.exception("%s: episode %s raised", self.name, group[0].request.episode_id)
@@ -309,11 +332,35 @@ class Worker:
         log.info("%s ran %d episode(s) of %s@v%d in %.1fs: %d policy tokens, %d searches (%d failed)", self.name,
                  len(group), policy.owner, policy.version, time.monotonic() - started, sum(sum(r.loss_mask) for r in results), sum(r.searches for r in results),
                  sum(r.search_failures for r in results))
-        for d, result in zip(group, results, strict=True):
-            if self.write(partial(self.queue.complete, d, result), "complete") is False:
-                log.info("%s: episode %s already had a result; this run was dropped", self.name,
-                         d.request.episode_id)
-            self._count()
+
+    def _refill(self, policy: PolicyRef, group: list[Delivery], written: set[int], free: int) -> list[EpisodeRequest]:
+        """New episodes for a continuous run's free rows: a non-blocking read of the queue. Those of this
+        policy join the run (and the heartbeat's in-flight list); others are held for the next loop, and
+        the run stops refilling then, as it does when stopping, past ``refill_limit`` or ``max_episodes``."""
+        if self.settings.max_episodes is not None:  # completed + in the lane + unfinished here stay under it
+            free = min(free, self.settings.max_episodes - self.completed - (self.lane.capacity - self.lane.free())
+                       - (len(group) - len(written)))
+        free = min(free, self.settings.refill_limit - len(group))
+        if self.stopping.is_set() or self._held or free <= 0:
+            return []
+        try:
+            deliveries = self.queue.read(self.name, free, 0)
+        except REDIS_ERRORS as exc:  # nothing lost: the main loop reconnects; this run drains what it has
+            self.redis_errors += 1
+            log.warning("%s: refill read failed (%s); the run goes on without it", self.name, exc)
+            return []
+        key = (policy.path, policy.version)
+        joining = []
+        for d in deliveries:
+            ref = d.request.policy or self.policies.default()
+            if d.request.generation is None and (ref.path, ref.version) == key:
+                joining.append(d)
+            else:
+                self._held.append(d)
+        with self._inflight_lock:
+            self._inflight += joining
+        group += joining
+        return [d.request for d in joining]
 
     def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_interval_s

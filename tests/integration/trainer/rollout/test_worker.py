@@ -75,7 +75,7 @@ def test_sigterm_finishes_the_batch_in_flight_and_the_named_policy(
         private_redis: Proc, start_worker: Callable[..., Proc], waiter: Callable[..., None],
         smollm2_path: Path) -> None:
     q = EpisodeQueue(private_redis.url)
-    c = start_worker(private_redis.url, "c", batch_size=3, heartbeat_s=0.5)
+    c = start_worker(private_redis.url, "c", batch_size=3, heartbeat_s=0.5, refill_limit=3)  # a run: 3 at most
     waiter(lambda: q.workers().get("c", {}).get("policies") == ["worker@v0"], 240, "worker c to start", [c])
     v1 = PolicyRef(owner="term", version=1, path=str(smollm2_path))  # the trainer's v1: same weights, its name
 
@@ -91,6 +91,29 @@ def test_sigterm_finishes_the_batch_in_flight_and_the_named_policy(
     stats = q.stats()
     assert stats["pending"] == 0 and stats["waiting"] == 2  # ... and nothing new was taken
     assert "c" not in q.workers()
+
+
+def test_a_continuous_worker_refills_free_rows_and_writes_each_result_as_it_ends(
+        private_redis: Proc, start_worker: Callable[..., Proc], waiter: Callable[..., None]) -> None:
+    """Batch 2, one long episode and five short ones: the short ones go through the row beside the long one
+    and their results are written while it still decodes (per claimed batch, four would wait for it)."""
+    q = EpisodeQueue(private_redis.url)
+    w = start_worker(private_redis.url, "r", batch_size=2, batch_wait_ms=500)
+    waiter(lambda: "r" in q.workers(), 240, "worker r to start", [w])
+    long = EpisodeRequest(job_id="refill", episode_id="long", method="direct", search_backend="none",
+                          question="Write the numbers from 1 to 300, separated by commas.", ground_truth=["1"],
+                          sampling=EpisodeSampling(max_new_tokens=160, min_answer_tokens=150, temperature=0.0))
+    q.enqueue([long] + [direct("refill", i, max_new_tokens=3) for i in range(5)])
+    seen: list[str] = []
+    deadline = time.monotonic() + 300
+    while "long" not in seen and time.monotonic() < deadline:
+        seen += [r.episode_id for r in q.all_results("refill") if r.episode_id not in seen]
+        time.sleep(0.05)
+    assert seen.index("long") == 5, seen  # every short result was written before the long one ended
+    results = {r.episode_id: r for r in q.all_results("refill")}
+    assert len(results) == 6 and all(r.error is None for r in results.values())
+    assert len(results["long"].response_ids) >= 100  # it really was decoding all along
+    assert any("ran 6 episode(s)" in line for line in w.log_tail().splitlines()), w.log_tail()
 
 
 def test_retriever_outage_becomes_failed_search_observations(
