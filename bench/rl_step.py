@@ -1,13 +1,14 @@
 """One GRPO step end to end at the demo's sizes: earlier rollouts vs continuous + KV reuse, staleness 0 and 1.
 
-    python bench/rl_step.py [--steps 3] [--workers 2] [--batch 8]
+    python bench/rl_step.py [--steps 3] [--workers 2] [--batch 8] [--model DIR]
 
 Starts a real Redis, a retriever over a small corpus (the first 2,000 passages plus the supporting
 passages of the questions) and, per run, ``--workers`` rollout workers (subprocesses, ``WORKER_BATCH_SIZE``
 as the local cluster's). Each run trains ``--steps`` GRPO steps of the demo's RL stage in this process
 (:func:`services.trainer.learn.rl.train_rl`: 4 HotpotQA train questions x 4 samples, two search turns,
 96 new tokens a turn, top 10 blocks trained): generation, rewards, update, checkpoint, publish. The
-first step (nothing to overlap yet) is left out; a step's time is the mean of the others.
+first step (nothing to overlap yet) is left out; a step's time is the mean of the others. ``--model``: the
+policy trained (the demo trains its SFT checkpoint, which searches; default the base model).
 
 - ``per_turn``     the earlier worker (``WORKER_ROLLOUT=per_turn WORKER_LLM__ENGINE=batch``), max_staleness 0;
 - ``continuous``   the default worker (continuous batching, KV kept across turns), max_staleness 0;
@@ -51,10 +52,10 @@ def small_corpus(out: Path, first: int = 2000) -> Path:
     return out
 
 
-def demo_config(steps: int, max_staleness: int) -> RLConfig:
-    """The demo's RL stage (services/demo.py, DEFAULT sizes), from the base model."""
+def demo_config(steps: int, max_staleness: int, model: str = "smollm2") -> RLConfig:
+    """The demo's RL stage (services/demo.py, DEFAULT sizes), from ``model``."""
     return RLConfig.model_validate({
-        "model": "smollm2", "steps": steps, "batch_size": 4, "group_size": 4, "max_staleness": max_staleness,
+        "model": model, "steps": steps, "batch_size": 4, "group_size": 4, "max_staleness": max_staleness,
         "prompts": {"kind": "qa", "dataset": "hotpotqa"},
         "episode": {"max_turns": 2, "max_total_tokens": 1024, "obs_max_tokens": 384, "topk": 3,
                     "sampling": {"max_new_tokens": 96, "temperature": 1.0},
@@ -80,7 +81,7 @@ def run(label: str, redis_url: str, retriever_url: str, args: argparse.Namespace
                 raise RuntimeError(f"workers did not start:\n{workers[0].log_tail()}")
             time.sleep(0.2)
         marks = [time.monotonic()]
-        train_rl(demo_config(args.steps, staleness), f"bench-{label}", work / label, Rollouts(redis_url, f"bench-{label}"),
+        train_rl(demo_config(args.steps, staleness, args.model), f"bench-{label}", work / label, Rollouts(redis_url, f"bench-{label}"),
                  on_step=lambda step, total, metrics: marks.append(time.monotonic()))
         return [b - a for a, b in zip(marks, marks[1:], strict=False)]
     finally:
@@ -95,6 +96,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=8, help="WORKER_BATCH_SIZE (the local cluster's default)")
     p.add_argument("--runs", default=",".join(RUNS), help="which runs, comma-separated")
+    p.add_argument("--model", default="smollm2", help="the policy trained: embedded name or a checkpoint folder")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)  # the trainer gets every core, as in the local cluster
     work = Path(tempfile.mkdtemp(prefix="bench-rl-step-"))
@@ -125,7 +127,8 @@ def main() -> int:
         parts += [f"step_s={best:.1f}", f"speedup={base / best:.2f}"]
         if "continuous" in mean:
             parts.append(f"speedup_staleness0={base / mean['continuous']:.2f}")
-    print(f"BENCH rl_step {' '.join(parts)} steps={args.steps} workers={args.workers} batch={args.batch} episodes=16")
+    print(f"BENCH rl_step {' '.join(parts)} steps={args.steps} workers={args.workers} batch={args.batch} episodes=16 "
+          f"model={'base' if args.model == 'smollm2' else Path(args.model).parent.name}")
     return 0
 
 
