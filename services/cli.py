@@ -2,6 +2,9 @@
 
     searchlab up | status | down            local cluster (Redis, services, workers) on loopback
     searchlab demo [--quick] [--keep-up]    the end-to-end run: RAMP -> SFT -> RL -> eval -> report
+    searchlab experiment <name> [--budget small|full] [--arms a,b]
+                                            an ablation (masksearch, zerosearch, searchr1): its arms as jobs,
+                                            one eval, a table with standard errors (docs/experiments.md)
     searchlab models prepare                convert/check the embedded models
     searchlab data list|import|export ...   datasets and corpora: list them, import FlashRAG/Search-R1/HF data
     searchlab index build ...               build a retriever index (FAISS + BM25)
@@ -178,6 +181,7 @@ VERBS: dict[str, Callable[[Sequence[str]], int]] = {
     "worker": lambda argv: _call("services.trainer.rollout.worker:main", argv),
     "train": _train,
     "demo": lambda argv: _call("services.demo:main", argv),
+    "experiment": lambda argv: _call("services.experiments.run:main", argv),
 }
 
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+from services.job_runs import JobRunner, trainer_client
 from shared.client import TrainerClient
 from shared.config import cache_dir
 from shared.keys import ClientKeyEnv, ServiceKeys
@@ -75,31 +76,16 @@ DEFAULT = DemoSizes(ramp_samples=1000, coldstart_ramp=100, coldstart_qa=600, sft
 
 class Demo:
     def __init__(self, client: TrainerClient, sizes: DemoSizes, out_dir: Path, model: str = "smollm2"):
-        self.client = client
+        self.runner = JobRunner(client)
         self.sizes = sizes
         self.out = out_dir
         self.model = model
-        self.jobs: dict[str, str] = {}
-        self.timings: dict[str, float] = {}
+        self.jobs = self.runner.jobs  # stage -> job id
+        self.timings = self.runner.timings  # stage -> seconds
 
     def run_job(self, stage: str, kind: str, config: dict[str, Any], timeout_s: float = 4 * 3600) -> dict[str, Any]:
         """Submit one job, follow its events into the log, return its ``result.json``."""
-        started = time.monotonic()
-        job_id = self.client.submit(kind, config)
-        self.jobs[stage] = job_id
-        log.info("%s: job %s submitted", stage, job_id)
-        for event in self.client.events(job_id):
-            if event["type"] == "step" and event.get("metrics"):
-                m = event["metrics"]
-                shown = {k: round(v, 4) for k, v in m.items()
-                         if k in ("loss", "reward_mean", "accuracy", "turns_mean", "progress", "policy_version")}
-                log.info("%s step %s %s", stage, event["step"], shown)
-        status = self.client.wait(job_id, timeout_s=timeout_s)
-        self.timings[stage] = time.monotonic() - started
-        if status.state != "succeeded":
-            raise RuntimeError(f"{stage} job {job_id} ended {status.state}: {status.error}")
-        log.info("%s: done in %.0fs", stage, self.timings[stage])
-        return dict(json.loads(self.client.artifact(job_id, "result.json")))
+        return self.runner.run(stage, kind, config, timeout_s)
 
     def episode(self) -> dict[str, Any]:
         s = self.sizes
@@ -146,8 +132,7 @@ class Demo:
             methods[key]["n"] = int(methods[key]["n"])
         curves: dict[str, str] = {}
         for stage, name in (("rl", "curves.png"), ("sft", "sft_curves.png")):
-            metrics = self.out / f"{stage}_metrics.jsonl"
-            metrics.write_bytes(self.client.artifact(self.jobs[stage], "metrics.jsonl"))
+            metrics = self.runner.save_artifact(stage, "metrics.jsonl", self.out / f"{stage}_metrics.jsonl")
             curves[stage] = str(plot_training(metrics, self.out / name, title=f"{stage.upper()} {self.jobs[stage]}"))
         report = {
             "datasets": datasets, "sizes": asdict(self.sizes), "model": self.model, "methods": methods,
@@ -203,17 +188,18 @@ def bench_line(report: dict[str, Any]) -> str:
 
 def run_demo(quick: bool = False, eval_data: list[str] | None = None, out_dir: Path | None = None,
              trainer_url: str | None = None, api_key: str | None = None,
-             sizes: DemoSizes | None = None) -> dict[str, Any]:
-    """Run every stage against a running cluster; returns the report (also written to ``out_dir``)."""
+             sizes: DemoSizes | None = None, client: TrainerClient | None = None) -> dict[str, Any]:
+    """Run every stage against a running cluster (``client``, else the trainer at ``trainer_url`` or
+    ``SEARCHLAB_TRAINER_URL``); returns the report (also written to ``out_dir``)."""
     for path in eval_data or []:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--eval-data {path}: no such file")
-    url = trainer_url or os.environ.get("SEARCHLAB_TRAINER_URL")
-    key = api_key or ClientKeyEnv().keys().of("trainer")
-    if not url:
-        raise ValueError("no trainer URL: start the cluster (`searchlab up`) or set SEARCHLAB_TRAINER_URL")
+    if client is None:
+        url = trainer_url or os.environ.get("SEARCHLAB_TRAINER_URL")
+        if not url:
+            raise ValueError("no trainer URL: start the cluster (`searchlab up`) or set SEARCHLAB_TRAINER_URL")
+        client = TrainerClient(url, api_key or ClientKeyEnv().keys().of("trainer"), timeout_s=60)
     out = out_dir or cache_dir() / "demo" / time.strftime("%Y%m%d-%H%M%S")
-    client = TrainerClient(url, key, timeout_s=60)
     demo = Demo(client, sizes or (QUICK if quick else DEFAULT), out)
     started = time.monotonic()
     report = demo.run(eval_data)
@@ -225,8 +211,6 @@ def run_demo(quick: bool = False, eval_data: list[str] | None = None, out_dir: P
 
 def main(argv: list[str] | None = None) -> int:
     """``searchlab demo``: bring the cluster up (or reuse it), run the demo, print the table and BENCH line."""
-    from services import cluster
-
     parser = argparse.ArgumentParser(prog="searchlab demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (about 10 minutes on 2 cores)")
@@ -235,14 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="report folder (default <cache>/demo/<stamp>)")
     parser.add_argument("--keep-up", action="store_true", help="leave the cluster running afterwards")
     args = parser.parse_args(argv)
-    was_up = bool(cluster.status()["ready"])
-    state = cluster.up()
-    try:
-        report = run_demo(args.quick, args.eval_data or None, args.out, state.urls.get("trainer"),
-                          state.keys().of("trainer"))
-    finally:
-        if not args.keep_up and not was_up:
-            cluster.down()
+    with trainer_client(keep_up=args.keep_up) as client:
+        report = run_demo(args.quick, args.eval_data or None, args.out, client=client)
     out = Path(report["curves"]["rl"]).parent
     sys.stdout.write((out / "report.md").read_text() + "\n")
     sys.stdout.write(bench_line(report) + "\n")

@@ -3,7 +3,8 @@
     plot_training(Path("jobs/rl-.../metrics.jsonl"), Path("curves.png"))
 
 Panels: reward (mean, and its parts), accuracy, interaction turns and searches per episode
-(ZeroSearch's "interaction turns" plot), response length, and the curricula (p_noise, mask
+(ZeroSearch's "interaction turns" plot), response length, the answers' length and candidates per
+answer (padding and enumeration, the reward hacks MaskSearch reports), and the curricula (p_noise, mask
 stage); panels whose metrics a run does not log are left out.
 """
 
@@ -18,6 +19,7 @@ PANELS: list[tuple[str, list[str]]] = [
     ("accuracy", ["accuracy", "cover_em", "f1"]),
     ("interaction turns", ["turns_mean", "searches_mean"]),
     ("response length (tokens)", ["response_length_mean", "policy_tokens_mean"]),
+    ("answers (reward hacking)", ["answer_tokens_mean", "answer_candidates_mean", "multi_candidate_rate"]),
     ("curriculum", ["p_noise", "max_masks"]),
     ("loss / KL", ["pg_loss", "kl", "entropy", "clipfrac"]),
     ("SFT loss", ["loss"]),

@@ -87,15 +87,16 @@ def load_prompts(source: PromptSource) -> list[Prompt]:
 
 
 class PromptSampler:
-    """Cycles through shuffled prompts; RAMP prompts are drawn from the current mask stage."""
+    """Cycles through shuffled prompts; RAMP prompts are drawn from the current mask stage, or, with
+    ``mixed``, from every mask count alike (one shuffled pool: the curriculum's baseline)."""
 
-    def __init__(self, prompts: Sequence[Prompt], seed: int):
+    def __init__(self, prompts: Sequence[Prompt], seed: int, mixed: bool = False):
         if not prompts:
             raise ValueError("no RL prompts")
         self.rng = random.Random(seed)
         self.by_masks: dict[int, list[Prompt]] = defaultdict(list)
         for p in prompts:
-            self.by_masks[p.masks].append(p)
+            self.by_masks[0 if mixed else p.masks].append(p)
         self.cursor: dict[int, int] = defaultdict(int)
         for bucket in self.by_masks.values():
             self.rng.shuffle(bucket)

@@ -2,7 +2,9 @@
 
 - **RAMP mask count** (MaskSearch): training moves through stages of 1, 2, 3, 4 masked spans per
   passage; stage ``k`` covers an equal share of the steps (or explicit ``stage_steps``). The
-  sampler that picks RAMP samples of a stage lives with the RAMP data (``services.trainer.data``).
+  sampler that picks RAMP samples of a stage is :class:`~services.trainer.learn.prompts.PromptSampler`;
+  ``mask_order="mixed"`` turns the stages off (every step draws from all mask counts at random:
+  MaskSearch's baseline to the curriculum).
 - **Search noise** (ZeroSearch): ``p_noise(step)`` from :func:`shared.noise_schedule.p_noise`, sent
   with every simulated search; the search backend is the retriever, the simulator, or a mix
   (each episode uses the real retriever with probability ``real_fraction``).
@@ -19,6 +21,7 @@ from pydantic import BaseModel, Field, model_validator
 from shared.noise_schedule import p_noise
 
 BackendChoice = Literal["retriever", "simulator", "mix"]
+MaskOrder = Literal["staged", "mixed"]
 
 
 class NoiseSpec(BaseModel):
@@ -34,6 +37,8 @@ class CurriculumSpec(BaseModel):
 
     mask_stages: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], max_length=16)  # RAMP mask counts, in order
     stage_steps: list[int] | None = None  # steps per stage (None: an equal share of the total each)
+    # RAMP prompts: "staged" draws each step from its stage's mask count; "mixed" from every mask count at random
+    mask_order: MaskOrder = "staged"
     search_backend: BackendChoice = "retriever"  # where searches go
     real_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # "mix": share of episodes on the retriever
     noise: NoiseSpec = Field(default_factory=NoiseSpec)

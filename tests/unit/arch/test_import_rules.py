@@ -43,7 +43,7 @@ def test_the_tree_keeps_every_contract() -> None:
     ({"services/simulator/reads_index.py": "from services.retriever.engine import Retriever"},
      "services talk over HTTP: no service imports another service's package"),
     ({"services/trainer/rollout/starts_cluster.py": "import services.cluster"},
-     "no service imports the entry points (cli, the local launcher, the demo)"),
+     "no service imports the entry points (cli, launcher, demo, experiments)"),
     ({"services/trainer/rollout/knows_jobs.py": "from services.trainer.jobs.context import JobContext"},
      "the trainer's rooms: jobs on top"),
     ({"services/trainer/learn/sft.py": "from services.trainer.learn import rl as _rl",  # rl -> sft -> rl

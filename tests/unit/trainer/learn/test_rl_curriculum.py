@@ -55,3 +55,12 @@ def test_sampler_draws_the_current_stage() -> None:
 def test_rl_prompts_never_come_from_the_eval_part() -> None:
     with pytest.raises(ValidationError, match="train"):
         PromptSource(part="eval")  # type: ignore[arg-type]
+
+
+def test_mixed_order_draws_every_mask_count_at_every_stage() -> None:
+    prompts = [Prompt(id=f"{k}-{i}", question="q", ground_truth=["a"], masks=k) for k in (1, 2, 4) for i in range(3)]
+    sampler = PromptSampler(prompts, seed=0, mixed=True)
+    c = Curriculum(CurriculumSpec(mask_order="mixed"), total_steps=4)
+    assert {p.masks for p in sampler.take(9, c.at(0))} == {1, 2, 4}  # the first stage too: no curriculum
+    with pytest.raises(ValidationError):
+        CurriculumSpec(mask_order="random")  # type: ignore[arg-type]
