@@ -56,14 +56,17 @@ class RLJobConfig(RLConfig):
 
 
 class ColdStartJobConfig(ColdStartConfig):
-    """A ``coldstart`` job: the retriever's bearer token is the trainer's (``TRAINER_RETRIEVER_API_KEY``, else
-    ``TRAINER_SERVICE_API_KEY``), read when the job runs; a config never carries a secret (it is stored and
-    shown in ``GET /jobs``)."""
+    """A ``coldstart`` job: the retriever's and judge's bearer tokens are the trainer's (``TRAINER_<SERVICE>_API_KEY``,
+    else ``TRAINER_SERVICE_API_KEY``), the agents' LLM's is ``TRAINER_LLM_API_KEY``, read when the job runs; a
+    config never carries a secret (it is stored and shown in ``GET /jobs``). Method ``agents``: the LLM and
+    the judge default to the trainer's ``TRAINER_LLM_URL`` and ``TRAINER_JUDGE_URL``."""
 
     retriever_url: ServiceURL | None = None  # type: ignore[assignment]  # None: the trainer's TRAINER_RETRIEVER_URL
     api_key: SecretStr | None = Field(default=None, exclude=True)  # refused: see _no_secret
+    llm_api_key: SecretStr | None = Field(default=None, exclude=True)  # refused: TRAINER_LLM_API_KEY is sent
+    judge_api_key: SecretStr | None = Field(default=None, exclude=True)  # refused: the trainer's judge key is sent
 
-    @field_validator("api_key")
+    @field_validator("api_key", "llm_api_key", "judge_api_key")
     @classmethod
     def _no_secret(cls, v: Any) -> None:
         if v is not None:

@@ -48,7 +48,8 @@ JOB_KINDS: dict[str, JobKindSpec] = {
                       resumable=lambda config: getattr(config, "engine", "local") == "local"),
     "ramp": JobKindSpec(RampConfig, runners.run_ramp_job, "MaskSearch RAMP samples from corpus passages"),
     "coldstart": JobKindSpec(ColdStartJobConfig, runners.run_coldstart_job,
-                             "scripted cold-start trajectories (RAMP + QA train part) with real retrieval"),
+                             "cold-start trajectories (RAMP + QA train part) with real retrieval: scripted, or "
+                             "LLM agents (planner -> rewriter -> observer) kept by the judge"),
     "distill": JobKindSpec(DistillConfig, runners.run_distill_job,
                            "a teacher's agent episodes on the workers; correct trajectories -> SFT records"),
     "simulator_sft": JobKindSpec(SimulatorSFTJobConfig, runners.run_simulator_sft_job,

@@ -161,13 +161,26 @@ def run_coldstart_job(ctx: JobContext) -> dict[str, Any]:
 
     config = ctx.config
     assert isinstance(config, ColdStartJobConfig)
+    keys = ctx.settings.service_keys()
     update: dict[str, Any] = {"retriever_url": _retriever_url(ctx, config.retriever_url),
-                              "api_key": ctx.settings.service_keys().of("retriever")}  # at run time, never stored
+                              "api_key": keys.of("retriever")}  # at run time, never stored
     if config.out_dir is None:
         update["out_dir"] = str(ctx.dir / "coldstart")
-    report = build_coldstart(ColdStartConfig.model_validate({**config.model_dump(exclude={"api_key"}), **update}))
+    fields = config.model_dump(exclude={"api_key", "llm_api_key", "judge_api_key"})
+    if config.method == "agents":
+        llm = {**fields["agents"]["llm"], "base_url": config.agents.llm.base_url or ctx.settings.llm_url}
+        fields["agents"] = {**fields["agents"], "llm": llm,
+                            "judge_url": config.agents.judge_url or ctx.settings.judge_url}
+        llm_key = ctx.settings.llm_api_key
+        update |= {"llm_api_key": llm_key.get_secret_value() if llm_key else None, "judge_api_key": keys.of("judge")}
+    report = build_coldstart(ColdStartConfig.model_validate({**fields, **update}))
+    for name in ("coldstart.jsonl", "report.md", "attempts.jsonl"):
+        if (ctx.dir / "coldstart" / name).is_file() and config.out_dir is None:
+            ctx.add_artifact(f"coldstart/{name}")
     ctx.write_result(report)
-    return {"records": float(report["records"]), "keep_rate": float(report["keep_rate"])}
+    return {"records": float(report["records"]), "keep_rate": float(report["keep_rate"]),
+            **{k: float(report[k]) for k in ("attempts", "accepted", "accept_rate", "trajectories_per_hour")},
+            **{f"rejected_{k}": float(v) for k, v in report["rejects"].items()}}
 
 
 def run_eval_job(ctx: JobContext) -> dict[str, Any]:
