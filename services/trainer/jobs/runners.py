@@ -6,15 +6,18 @@
                  validated in verl's config tree, its command recorded in ``result.json``), then launched on
                  the trainer's Ray cluster and followed there (:func:`services.trainer.jobs.cluster.run_on_ray`)
 - ``ramp``:      :func:`services.trainer.data.ramp.build_ramp` (MaskSearch RAMP samples from corpus passages)
-- ``coldstart``: :func:`services.trainer.data.coldstart.build_coldstart` (scripted trajectories with real
-                 retrieval: RAMP samples and QA ``train``-part questions -> SFT records)
+- ``coldstart``: :func:`services.trainer.data.coldstart.build_coldstart` (trajectories with real retrieval,
+                 scripted or by LLM agents kept by the judge: RAMP samples and QA ``train``-part questions ->
+                 SFT records)
 - ``eval``:      :func:`services.trainer.eval.harness.run_eval` (direct / rag / agent / policy:<ckpt> on the
                  ``eval`` part or any JSONL), every episode naming the model it runs with
 - ``simulator_sft``: :func:`services.trainer.learn.simulator_sft.build_examples` + ``sft`` (ZeroSearch's
                  simulator fine-tuning: real retrieval over HTTP of QA ``train``-part questions, labelled
                  useful/noisy by the judge or shared.metrics -> a simulator model folder)
 - ``distill``:   :func:`services.trainer.learn.distill.distill` (a teacher's agent episodes on the rollout
-                 workers; the correct trajectories -> SFT records for an ``sft`` job)
+                 workers; the correct trajectories -> SFT records for an ``sft`` job); with ``rounds > 1``
+                 :func:`services.trainer.jobs.distill_rounds.run_distill_rounds` (self-distillation: distill ->
+                 SFT -> eval per round, each round's checkpoint the next round's teacher)
 
 Each writes ``result.json`` (the pipeline's report: file paths for the next job) into the job folder.
 Heavy imports (torch, models) happen inside the functions, when a job runs.
@@ -30,12 +33,12 @@ from services.trainer.data.coldstart import ColdStartConfig
 from services.trainer.data.ramp import RampConfig
 from services.trainer.jobs.configs import (
     ColdStartJobConfig,
+    DistillJobConfig,
     EvalJobConfig,
     RLJobConfig,
     SimulatorSFTJobConfig,
 )
 from services.trainer.jobs.context import JobContext, numeric
-from services.trainer.learn.distill import DistillConfig
 from services.trainer.learn.sft import SFTConfig
 
 
@@ -264,7 +267,11 @@ def run_distill_job(ctx: JobContext) -> dict[str, Any]:
     from services.trainer.rollout.queue import EpisodeQueue
 
     config = ctx.config
-    assert isinstance(config, DistillConfig)
+    assert isinstance(config, DistillJobConfig)
+    if config.rounds > 1:
+        from services.trainer.jobs.distill_rounds import run_distill_rounds
+
+        return run_distill_rounds(ctx, config)
 
     def on_progress(done: int, total: int, metrics: dict[str, float]) -> None:
         ctx.report(done, metrics, progress=done / total)

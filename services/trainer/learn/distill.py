@@ -172,12 +172,13 @@ def _source_name(prompts: PromptSource) -> str:
 
 def distill(config: DistillConfig, queue: EpisodeQueue, job_id: str, out_dir: Path,
             on_progress: Callable[[int, int, dict[str, float]], None] | None = None,
-            should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-    """Run the teacher's episodes, keep the correct trajectories, write ``distill.jsonl``; returns the report."""
+            should_stop: Callable[[], bool] = lambda: False, first: int = 0) -> dict[str, Any]:
+    """Run the teacher's episodes on ``config.n`` prompts from the ``first``-th on, keep the correct
+    trajectories, write ``distill.jsonl``; returns the report."""
     from shared.models import resolve
 
     started = time.monotonic()
-    prompts = load_prompts(config.prompts)[:config.n]
+    prompts = load_prompts(config.prompts)[first:first + config.n]
     if not prompts:
         raise ValueError("no prompts to distill")
     teacher = str(resolve(config.teacher))
@@ -230,7 +231,8 @@ def distill(config: DistillConfig, queue: EpisodeQueue, job_id: str, out_dir: Pa
     report: dict[str, Any] = {
         "records": str(path), "episodes": n, "kept": len(records),
         "keep_rate": round(len(records) / n, 4) if n else 0.0, **{k: v for k, v in counts.items() if k != "episodes"},
-        "prompts": len(prompts), "teacher": config.teacher, "keep": config.keep, "min_score": config.threshold,
+        "prompts": len(prompts), "first_prompt": first, "teacher": config.teacher, "keep": config.keep,
+        "min_score": config.threshold,
         "seconds": round(time.monotonic() - started, 2),
         "files": {"records": str(path), "episodes": str(out_dir / "episodes.jsonl")},
     }
