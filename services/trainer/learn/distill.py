@@ -5,8 +5,11 @@ the rollout workers, and the trajectories whose answer is judged correct become 
                  "n": 100, "keep": "judge"}
     then:       {"kind": "sft", "config": {"data": [<result.json "records">]}}
 
+One round of MaskSearch's self-distillation; a ``distill`` job with ``rounds: K > 1`` runs K of them, each
+followed by an SFT and an eval, each checkpoint the next teacher (:mod:`services.trainer.jobs.distill_rounds`).
+
 1. **Prompts** (:func:`services.trainer.learn.rl.load_prompts`, as RL reads them): questions of a QA set's
-   ``train`` part (never ``eval``) or RAMP samples; the first ``n``.
+   ``train`` part (never ``eval``) or RAMP samples; ``n`` of them from the ``first``-th (0: the first ``n``).
 2. **Episodes**: ``n x samples_per_prompt`` ``agent`` episodes on the episode queue, each with
    ``policy=<teacher>`` (the workers load the teacher next to their other policies; the published policy is
    left alone), sampled at ``temperature``, with the episode settings of RL
