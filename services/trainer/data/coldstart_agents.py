@@ -38,7 +38,7 @@ from services.trainer.data.records import Segment, SFTRecord, validate_record
 from shared.client import JudgeClient, ServiceCallError
 from shared.confine import ServiceURL
 from shared.llm import LLMBackend, SamplingParams
-from shared.metrics import gold_answers
+from shared.metrics import gold_answers, keep_threshold
 from shared.progress import progress_bar
 from shared.protocol import find_blocks, format_documents, get_template, split_answer_spans
 from shared.schemas import MAX_TEXT_CHARS, Hit, JudgeMethod
@@ -92,9 +92,7 @@ class AgentsConfig(BaseModel):
 
     @property
     def threshold(self) -> float:
-        if self.min_score is not None:
-            return self.min_score
-        return 0.5 if self.judge_method == "llm" else 1.0
+        return keep_threshold(self.min_score, llm_judge=self.judge_method == "llm")
 
 
 # --------------------------------------------------------------------------- one attempt
@@ -253,21 +251,23 @@ def assemble(attempt: Attempt) -> SFTRecord:
 # --------------------------------------------------------------------------- the agents
 
 
+@dataclass
 class AgentTeam:
     """Planner, rewriter and observer on one LLM backend, the retriever's ``search`` and the judge."""
 
-    def __init__(self, config: AgentsConfig, backend: LLMBackend, search: Search, judge: JudgeClient,
-                 topk: int, exclude_source: bool = False):
-        self.config = config
-        self.backend = backend
-        self.search = search
-        self.judge_client = judge
-        self.topk = topk
-        self.exclude_source = exclude_source
-        llm = config.llm
-        self.sampling = SamplingParams(max_new_tokens=llm.max_new_tokens, temperature=llm.temperature,
-                                       top_p=llm.top_p, seed=llm.seed)
-        self.stats: Counter[str] = Counter()
+    config: AgentsConfig
+    backend: LLMBackend  # chat() only: shared.llm.OpenAIBackend in a job
+    search: Search
+    judge_client: JudgeClient
+    topk: int  # documents per search
+    exclude_source: bool = False  # RAMP: drop the masked passage itself from the results
+    stats: Counter[str] = field(default_factory=Counter)  # LLM calls and errors, judge errors
+
+    @property
+    def sampling(self) -> SamplingParams:
+        llm = self.config.llm
+        return SamplingParams(max_new_tokens=llm.max_new_tokens, temperature=llm.temperature, top_p=llm.top_p,
+                              seed=llm.seed)
 
     def run(self, attempts: list[Attempt]) -> list[Attempt]:
         """Every stage over ``attempts`` (in place); returns them, each accepted or ``rejected`` at a stage."""

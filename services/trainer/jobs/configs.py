@@ -164,6 +164,11 @@ class DistillJobConfig(DistillConfig):
 
     @model_validator(mode="after")
     def _rounds_fields(self) -> DistillJobConfig:
-        if self.rounds == 1 and self.model_fields_set & {"student", "sft", "eval"}:
+        # a stored config holds every default (it is dumped whole), so what counts is a value other than those
+        defaults = DistillJobConfig.model_construct()
+        skip = {"config": {"stamp"}}
+        changed = (self.student is not None or self.sft != defaults.sft
+                   or self.eval.model_dump(exclude=skip) != defaults.eval.model_dump(exclude=skip))
+        if self.rounds == 1 and changed:
             raise ValueError("'student', 'sft' and 'eval' are settings of self-distillation rounds: set rounds > 1")
         return self

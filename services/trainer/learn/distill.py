@@ -42,6 +42,7 @@ from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSource, lo
 from services.trainer.learn.trajectories import Decode, segments, tokenizer_decoder
 from services.trainer.rollout.queue import EpisodeQueue
 from shared.confine import ModelRef
+from shared.metrics import keep_threshold
 from shared.protocol import get_template, last_action
 from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 
@@ -89,9 +90,7 @@ class DistillConfig(BaseModel):
 
     @property
     def threshold(self) -> float:
-        if self.min_score is not None:
-            return self.min_score
-        return 0.5 if self.keep == "judge" else 1.0
+        return keep_threshold(self.min_score, llm_judge=self.keep == "judge")
 
 
 # --------------------------------------------------------------------------- episodes
