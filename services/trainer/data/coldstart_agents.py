@@ -186,23 +186,28 @@ def parse_query(text: str, max_words: int) -> str | None:
     return query if _has_words(query) else None
 
 
+_ANSWER_LABEL = re.compile(r"\b(?:final\s+|the\s+)?answer(?:\s+is)?\s*:", re.IGNORECASE)
+
+
 def parse_observer(text: str, n_steps: int, max_words: int) -> tuple[list[str | None], str | None]:
-    """The observer's ``Clue i:`` lines (None where one is missing) and its last ``Answer:`` line (or an
-    ``<answer>`` block if it wrote one); the answer is None when there is none or it is empty."""
+    """The observer's ``Clue i:`` lines (None where one is missing) and the text after its last ``Answer:``
+    (``The answer is:`` and ``Final answer:`` count, also after a clue on the same line) to the end of that
+    line, else an ``<answer>`` block if it wrote one; the answer is None when there is none or it is empty."""
     clues: list[str | None] = [None] * n_steps
     answer: str | None = None
-    pattern = re.compile(_LABEL.pattern.format(label="clue|answer|final answer"), re.IGNORECASE)
+    clue_label = re.compile(_LABEL.pattern.format(label="clue"), re.IGNORECASE)
     for ln in text.splitlines():
-        m = pattern.match(ln)
+        labels = list(_ANSWER_LABEL.finditer(ln))
+        if labels:
+            answer = ln[labels[-1].end():]
+            ln = ln[:labels[0].start()]
+        m = clue_label.match(ln)
         if m is None:
             continue
-        label, number, content = m.group(1).lower(), m.group(2), m.group(3)
-        if label == "clue":
-            i = int(number) - 1 if number else next((j for j, c in enumerate(clues) if c is None), n_steps)
-            if 0 <= i < n_steps and _has_words(clean(content, max_words)):
-                clues[i] = clean(content, max_words)
-        else:
-            answer = content
+        number, content = m.group(2), clean(m.group(3), max_words)
+        i = int(number) - 1 if number else next((j for j, c in enumerate(clues) if c is None), n_steps)
+        if 0 <= i < n_steps and _has_words(content):
+            clues[i] = content
     if answer is None:
         blocks = find_blocks(text, "answer")
         answer = blocks[-1].content if blocks else None

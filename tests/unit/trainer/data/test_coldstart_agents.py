@@ -67,6 +67,8 @@ def test_observer_gives_clues_by_number_and_the_last_answer() -> None:
     assert clues == ["Paris is the capital of France.", "The Seine flows through Paris."]
     assert answer == "France ; Seine"
     assert parse_observer("reasoning... <answer> Paris </answer>", 1, 20)[1] == "Paris"
+    assert parse_observer("Clue: Paris is in France. Answer: France", 1, 20) == (["Paris is in France."], "France")
+    assert parse_observer("Clue: x\n\nThe answer is: Paris\nmore text", 1, 20)[1] == "Paris"
 
 
 def test_assembled_record_has_the_scripted_format() -> None:
