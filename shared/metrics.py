@@ -53,6 +53,7 @@ __all__ = [
     "flatten_answer_raw",
     "get_metric",
     "gold_answers",
+    "keep_threshold",
     "normalize_answer",
     "score_answer",
     "substring_acc",
@@ -210,6 +211,14 @@ def best_match(prediction: str, golds: Iterable[str], metric: str | MetricFn = "
 def score_answer(prediction: str, golds: Iterable[str] | str, metric: str | MetricFn = "em") -> float:
     """Shorthand for ``best_match(...).score``; a single gold string is accepted too."""
     return best_match(prediction, [golds] if isinstance(golds, str) else golds, metric).score
+
+
+def keep_threshold(min_score: float | None, llm_judge: bool) -> float:
+    """The score an answer must reach to be kept as training data (distillation, the agents' cold start):
+    ``min_score`` when set, else 0.5 for the LLM judge (its verdicts score 1 or 0) and 1.0 for a rule metric."""
+    if min_score is not None:
+        return min_score
+    return 0.5 if llm_judge else 1.0
 
 
 # --------------------------------------------------------------------------- QA rows and FanOutQA answers

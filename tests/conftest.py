@@ -64,6 +64,18 @@ def openai_server(smollm2_path: Path, logs_dir: Path) -> Iterator[Proc]:
 
 
 @pytest.fixture(scope="session")
+def judge_server(openai_server: Proc, smollm2_path: Path, logs_dir: Path) -> Iterator[Proc]:
+    """A judge service whose ``llm`` method asks the session's OpenAI-compatible server (short verdicts, no
+    cache); the rule methods (``cover_em``, ...) need no model at all."""
+    env = {"JUDGE_LLM__BACKEND": "openai", "JUDGE_LLM__BASE_URL": openai_server.url,
+           "JUDGE_LLM__MODEL": str(smollm2_path), "JUDGE_MAX_NEW_TOKENS": "4", "JUDGE_REDIS_URL": "",
+           "SEARCHLAB_REDIS_URL": ""}
+    proc = start_service("judge", env, log_dir=logs_dir)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
 def corpus_file() -> Path:
     return corpus_path()
 

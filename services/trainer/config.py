@@ -5,6 +5,7 @@
     TRAINER_RETRIEVER_API_KEY / TRAINER_JUDGE_API_KEY / TRAINER_SIMULATOR_API_KEY   ... but these, per service
     TRAINER_REDIS_URL=redis://127.0.0.1:6379/0   (falls back to SEARCHLAB_REDIS_URL)
     TRAINER_RETRIEVER_URL / TRAINER_JUDGE_URL / TRAINER_SIMULATOR_URL   services the jobs use
+    TRAINER_LLM_URL / TRAINER_LLM_API_KEY     the OpenAI-compatible LLM of the coldstart agents (and its key)
     TRAINER_OUTPUT_DIR=<cache>/jobs          one folder per job: checkpoints, logs, plots, reports
     TRAINER_MAX_RUNNING=1                    jobs run at once (CPU-bound: one is right on 2 cores)
     TRAINER_TRACKING=tensorboard             step metrics also to: tensorboard,wandb,mlflow (any of them) | none
@@ -60,6 +61,8 @@ class TrainerSettings(ServiceSettings):
     retriever_url: str | None = None  # search backend "retriever" and RAG baselines
     judge_url: str | None = None  # LLM answer reward / judge-scored eval
     simulator_url: str | None = None  # search backend "simulator"
+    llm_url: str | None = None  # OpenAI-compatible server of the coldstart agents (method "agents"), e.g. SGLang
+    llm_api_key: SecretStr | None = None  # its bearer token
     output_dir: Path | None = None  # None -> <cache>/jobs
     max_running: int = Field(default=1, ge=1)  # jobs executed at once (threads of this process)
     key_prefix: str = "searchlab:trainer"  # Redis keys of job records and event streams
@@ -111,7 +114,8 @@ class TrainerSettings(ServiceSettings):
         cache = cache_dir()
         write = [self.jobs_dir(), cache / "ramp", cache / "coldstart", *self.write_roots]
         read = [data_dir(), user_data_dir(), cache / "models", *write, *self.read_roots]
-        return Confinement.of(read, write, [*self.service_urls().values(), *self.allowed_urls])
+        llm = [self.llm_url] if self.llm_url else []
+        return Confinement.of(read, write, [*self.service_urls().values(), *llm, *self.allowed_urls])
 
     def service_urls(self) -> dict[str, str]:
         urls = {"retriever": self.retriever_url, "judge": self.judge_url, "simulator": self.simulator_url}

@@ -4,6 +4,8 @@
     python -m services.trainer.data ramp --max-passages 200 --samples 300 --strategy ppl --out /tmp/ramp_ppl
     python -m services.trainer.data coldstart --retriever-url http://127.0.0.1:8001 \\
         --ramp /path/to/ramp.jsonl --ramp-limit 500 --qa hotpotqa --out /tmp/coldstart
+    python -m services.trainer.data coldstart --method agents --llm-url http://127.0.0.1:30000 \
+        --llm-model Qwen/Qwen2.5-72B-Instruct --judge-url http://127.0.0.1:8002 --retriever-url ... --qa hotpotqa
 
 Outputs go under ``<cache>/ramp/<name>`` / ``<cache>/coldstart/<name>`` unless ``--out`` is given;
 a Markdown report sits next to the data.
@@ -51,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--qa-limit", type=int, default=1000)
     c.add_argument("--topk", type=int, default=3)
     c.add_argument("--exclude-source", action="store_true", help="drop the masked passage from RAMP results")
+    c.add_argument("--method", choices=["scripted", "agents"], default="scripted",
+                   help="scripted trajectories, or planner/rewriter/observer LLM agents kept by the judge")
+    c.add_argument("--llm-url", help="agents: the OpenAI-compatible server (SGLang, vLLM, transformers serve)")
+    c.add_argument("--llm-model", default="smollm2", help="agents: the served model's name")
+    c.add_argument("--judge-url", help="agents: the judge service that keeps the correct trajectories")
+    c.add_argument("--judge-method", default="llm", help="agents: llm | em | f1 | acc | cover_em | recall")
     c.add_argument("--out", help="output folder (default: <cache>/coldstart/<name>)")
     c.add_argument("--name", default="default")
     c.add_argument("--seed", type=int, default=0)
@@ -75,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         ccfg = ColdStartConfig(
             retriever_url=args.retriever_url, ramp_path=args.ramp, ramp_limit=args.ramp_limit, qa=args.qa,
             qa_limit=args.qa_limit, topk=args.topk, exclude_source=args.exclude_source, out_dir=args.out,
-            name=args.name, seed=args.seed,
+            name=args.name, seed=args.seed, method=args.method,
+            agents={"llm": {"base_url": args.llm_url, "model": args.llm_model}, "judge_url": args.judge_url,
+                    "judge_method": args.judge_method},
         )
         report = build_coldstart(ccfg)
     summary = {k: v for k, v in report.items() if k not in ("examples", "config")}

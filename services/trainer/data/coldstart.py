@@ -1,6 +1,12 @@
-"""Scripted cold-start trajectories for SFT warm-up, without a strong teacher model.
+"""Cold-start trajectories for SFT warm-up: scripted (no teacher model) or written by LLM agents.
 
-Every trajectory searches a **real retriever** (``shared.client.RetrieverClient`` over HTTP), and
+``method: "scripted"`` (the default) is described here; ``method: "agents"`` is MaskSearch's multi-agent
+cold start (planner -> rewriter -> observer on an OpenAI-compatible LLM, judge-filtered):
+:mod:`services.trainer.data.coldstart_agents`. Both read the same RAMP samples and QA ``train`` parts,
+search the same real retriever and write the same records; the report has the same keys for both
+(``attempts``, ``accepted``, ``accept_rate``, ``trajectories_per_hour``, ``rejects``).
+
+Every scripted trajectory searches a **real retriever** (``shared.client.RetrieverClient`` over HTTP), and
 is kept only when what it read actually contains what it answers, so no record ever claims
 knowledge it did not retrieve.
 
@@ -18,20 +24,29 @@ Output: :class:`~services.trainer.data.records.SFTRecord` JSONL (policy / observ
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
+from services.trainer.data.coldstart_agents import (
+    STAGES,
+    AgentsConfig,
+    AgentTeam,
+    agent_records,
+    qa_attempt,
+    ramp_attempt,
+)
 from services.trainer.data.export import read_samples
 from services.trainer.data.masking import RampSample, ramp_messages, template_name
 from services.trainer.data.records import Segment, SFTRecord, write_records
-from shared.client import RetrieverClient
+from shared.client import JudgeClient, RetrieverClient
 from shared.config import cache_dir
 from shared.confine import InputFile, OutputDir, SafeName, ServiceURL
 from shared.data import load_split, split_of
@@ -44,8 +59,12 @@ log = logging.getLogger(__name__)
 
 
 class ColdStartConfig(BaseModel):
+    method: Literal["scripted", "agents"] = "scripted"  # scripted trajectories | LLM agents + judge (``agents``)
     retriever_url: ServiceURL  # a running retriever (or the simulator's /retrieve facade)
     api_key: SecretStr | None = None  # its bearer token, if any
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)  # method "agents": LLM, prompt names, judge, sizes
+    llm_api_key: SecretStr | None = None  # method "agents": the LLM server's bearer token, if any
+    judge_api_key: SecretStr | None = None  # method "agents": the judge's bearer token, if any
     ramp_path: InputFile | None = None  # RAMP samples JSONL (a ramp job's ramp.jsonl)
     ramp_limit: int = Field(default=1000, ge=0, le=10_000_000)  # RAMP samples to try
     qa: list[str] = Field(default_factory=list, max_length=32)  # QA sets with supporting passages (their train part)
@@ -222,7 +241,7 @@ def qa_trajectory(row: dict[str, Any], steps: list[tuple[str, list[Hit]]], answe
 
 def qa_records(dataset: str, searcher: _Searcher, config: ColdStartConfig) -> tuple[list[SFTRecord], Counter[str]]:
     """Trajectories for the ``train`` part of ``dataset`` (never ``eval``)."""
-    rows = [r for r in load_split(dataset, "train") if r.get("supporting_passage_ids")][:config.qa_limit]
+    rows = qa_rows(dataset, config.qa_limit)
     stats: Counter[str] = Counter()
     records: list[SFTRecord] = []
     for start in progress_bar(range(0, len(rows), config.batch_size), desc=f"coldstart {dataset}", unit="batch",
@@ -258,6 +277,11 @@ def qa_records(dataset: str, searcher: _Searcher, config: ColdStartConfig) -> tu
     return records, stats
 
 
+def qa_rows(dataset: str, limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` questions of ``dataset``'s ``train`` part that have supporting passages."""
+    return [r for r in load_split(dataset, "train") if r.get("supporting_passage_ids")][:limit]
+
+
 def _supporting(row: dict[str, Any]) -> list[tuple[str, str]]:
     """(passage id, title) of each supporting passage, titles from ``supporting_titles`` when aligned."""
     ids = [str(x) for x in row.get("supporting_passage_ids", [])]
@@ -278,16 +302,20 @@ def build_coldstart(config: ColdStartConfig) -> dict[str, Any]:
     searcher = _Searcher(config)
     records: list[SFTRecord] = []
     stats: Counter[str] = Counter()
+    attempts_log: list[dict[str, Any]] = []
+    samples = read_samples(config.ramp_path)[:config.ramp_limit] if config.ramp_path else []
     try:
-        if config.ramp_path:
-            samples = read_samples(config.ramp_path)[:config.ramp_limit]
-            got, st = ramp_records(samples, searcher, config)
-            records += got
-            stats += st
-        for dataset in config.qa:
-            got, st = qa_records(dataset, searcher, config)
-            records += got
-            stats += st
+        if config.method == "agents":
+            records, stats, attempts_log = _agent_run(config, samples, searcher)
+        else:
+            if samples:
+                got, st = ramp_records(samples, searcher, config)
+                records += got
+                stats += st
+            for dataset in config.qa:
+                got, st = qa_records(dataset, searcher, config)
+                records += got
+                stats += st
     finally:
         searcher.close()
     elapsed = time.perf_counter() - t0
@@ -295,29 +323,72 @@ def build_coldstart(config: ColdStartConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "coldstart.jsonl"
     write_records(path, records)
+    files = {"records": str(path), "report_md": str(out / "report.md")}
+    if config.method == "agents":
+        files["attempts"] = str(out / "attempts.jsonl")
+        with open(out / "attempts.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in attempts_log)
     tried = sum(v for k, v in stats.items() if k.endswith("_tried"))
+    rejects = ({stage: stats[f"rejected_{stage}"] for stage in STAGES} if config.method == "agents"
+               else {"not_retrieved": tried - len(records)})
     report: dict[str, Any] = {
-        "config": config.model_dump(mode="json", exclude={"api_key"}),
+        "config": config.model_dump(mode="json", exclude={"api_key", "llm_api_key", "judge_api_key"}),
+        "method": config.method,
         "records": len(records),
         "tried": tried,
         "keep_rate": round(len(records) / tried, 4) if tried else 0.0,
+        # the same four numbers for both methods: attempts made, trajectories kept, their rate and speed
+        "attempts": tried,
+        "accepted": len(records),
+        "accept_rate": round(len(records) / tried, 4) if tried else 0.0,
+        "trajectories_per_hour": round(3600 * len(records) / max(elapsed, 1e-9), 1),
+        "rejects": rejects,
         "stats": dict(stats),
         "searches": searcher.queries,
         "retrieve_calls": searcher.calls,
         "seconds": round(elapsed, 2),
         "records_per_s": round(len(records) / max(elapsed, 1e-9), 1),
-        "files": {"records": str(path), "report_md": str(out / "report.md")},
+        "files": files,
         "examples": [r.to_dict() for r in records[:2]],
     }
     _write_report(out / "report.md", report)
-    log.info("coldstart: kept %d of %d trajectories (%d searches) in %.1fs -> %s", len(records), tried,
-             searcher.queries, elapsed, path)
+    log.info("coldstart (%s): kept %d of %d trajectories (%d searches) in %.1fs -> %s", config.method, len(records),
+             tried, searcher.queries, elapsed, path)
     return report
+
+
+def _agent_run(config: ColdStartConfig, samples: Sequence[RampSample], searcher: _Searcher,
+               ) -> tuple[list[SFTRecord], Counter[str], list[dict[str, Any]]]:
+    """``method: "agents"``: every RAMP sample, then every QA question, through the agents and the judge."""
+    from shared.config import LLMSettings
+    from shared.llm import OpenAIBackend
+
+    agents = config.agents
+    if not agents.llm.base_url:
+        raise ValueError("method 'agents' needs agents.llm.base_url (an OpenAI-compatible server)")
+    if not agents.judge_url:
+        raise ValueError("method 'agents' needs agents.judge_url (the judge service that keeps correct ones)")
+    llm = agents.llm
+    backend = OpenAIBackend(LLMSettings(backend="openai", model=llm.model, base_url=llm.base_url,
+                                        api_key=config.llm_api_key, timeout_s=llm.timeout_s,
+                                        max_retries=llm.max_retries, max_concurrency=llm.max_concurrency))
+    key = config.judge_api_key.get_secret_value() if config.judge_api_key else None
+    judge = JudgeClient(agents.judge_url, key, timeout_s=max(60.0, llm.timeout_s))
+    attempts = [ramp_attempt(s) for s in samples]
+    attempts += [qa_attempt(row, dataset) for dataset in config.qa for row in qa_rows(dataset, config.qa_limit)]
+    team = AgentTeam(agents, backend, searcher.search, judge, config.topk, exclude_source=config.exclude_source)
+    try:
+        return agent_records(attempts, team)
+    finally:
+        judge.close()
+        backend.http.close()
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
     lines = ["# Cold-start trajectories", "",
-             f"- {report['records']} records kept of {report['tried']} tried (keep rate {report['keep_rate']})",
+             f"- method {report['method']}: {report['accepted']} records kept of {report['attempts']} attempts "
+             f"(accept rate {report['accept_rate']}, {report['trajectories_per_hour']} trajectories/hour)",
+             "- rejected: " + ", ".join(f"{k} {v}" for k, v in report["rejects"].items()),
              f"- {report['searches']} real searches in {report['retrieve_calls']} /retrieve calls, "
              f"{report['seconds']} s", "", "| part | count |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(report["stats"].items())]

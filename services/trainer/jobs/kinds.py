@@ -18,12 +18,12 @@ from services.trainer.data.ramp import RampConfig
 from services.trainer.jobs import runners
 from services.trainer.jobs.configs import (
     ColdStartJobConfig,
+    DistillJobConfig,
     EvalJobConfig,
     RLJobConfig,
     SimulatorSFTJobConfig,
 )
 from services.trainer.jobs.context import JobContext
-from services.trainer.learn.distill import DistillConfig
 from services.trainer.learn.sft import SFTConfig
 
 RunFn = Callable[[JobContext], dict[str, Any] | None]
@@ -48,9 +48,12 @@ JOB_KINDS: dict[str, JobKindSpec] = {
                       resumable=lambda config: getattr(config, "engine", "local") == "local"),
     "ramp": JobKindSpec(RampConfig, runners.run_ramp_job, "MaskSearch RAMP samples from corpus passages"),
     "coldstart": JobKindSpec(ColdStartJobConfig, runners.run_coldstart_job,
-                             "scripted cold-start trajectories (RAMP + QA train part) with real retrieval"),
-    "distill": JobKindSpec(DistillConfig, runners.run_distill_job,
-                           "a teacher's agent episodes on the workers; correct trajectories -> SFT records"),
+                             "cold-start trajectories (RAMP + QA train part) with real retrieval: scripted, or "
+                             "LLM agents (planner -> rewriter -> observer) kept by the judge"),
+    "distill": JobKindSpec(DistillJobConfig, runners.run_distill_job,
+                           "a teacher's agent episodes on the workers; correct trajectories -> SFT records; with "
+                           "rounds > 1, self-distillation: distill -> SFT -> eval, each checkpoint the next teacher",
+                           resumable=lambda config: getattr(config, "rounds", 1) > 1),
     "simulator_sft": JobKindSpec(SimulatorSFTJobConfig, runners.run_simulator_sft_job,
                                  "ZeroSearch simulator fine-tuning on judge-labelled real retrieval"),
     "eval": JobKindSpec(EvalJobConfig, runners.run_eval_job, "direct / rag / agent / policy:<ckpt> side by side"),

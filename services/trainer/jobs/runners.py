@@ -6,15 +6,18 @@
                  validated in verl's config tree, its command recorded in ``result.json``), then launched on
                  the trainer's Ray cluster and followed there (:func:`services.trainer.jobs.cluster.run_on_ray`)
 - ``ramp``:      :func:`services.trainer.data.ramp.build_ramp` (MaskSearch RAMP samples from corpus passages)
-- ``coldstart``: :func:`services.trainer.data.coldstart.build_coldstart` (scripted trajectories with real
-                 retrieval: RAMP samples and QA ``train``-part questions -> SFT records)
+- ``coldstart``: :func:`services.trainer.data.coldstart.build_coldstart` (trajectories with real retrieval,
+                 scripted or by LLM agents kept by the judge: RAMP samples and QA ``train``-part questions ->
+                 SFT records)
 - ``eval``:      :func:`services.trainer.eval.harness.run_eval` (direct / rag / agent / policy:<ckpt> on the
                  ``eval`` part or any JSONL), every episode naming the model it runs with
 - ``simulator_sft``: :func:`services.trainer.learn.simulator_sft.build_examples` + ``sft`` (ZeroSearch's
                  simulator fine-tuning: real retrieval over HTTP of QA ``train``-part questions, labelled
                  useful/noisy by the judge or shared.metrics -> a simulator model folder)
 - ``distill``:   :func:`services.trainer.learn.distill.distill` (a teacher's agent episodes on the rollout
-                 workers; the correct trajectories -> SFT records for an ``sft`` job)
+                 workers; the correct trajectories -> SFT records for an ``sft`` job); with ``rounds > 1``
+                 :func:`services.trainer.jobs.distill_rounds.run_distill_rounds` (self-distillation: distill ->
+                 SFT -> eval per round, each round's checkpoint the next round's teacher)
 
 Each writes ``result.json`` (the pipeline's report: file paths for the next job) into the job folder.
 Heavy imports (torch, models) happen inside the functions, when a job runs.
@@ -30,12 +33,12 @@ from services.trainer.data.coldstart import ColdStartConfig
 from services.trainer.data.ramp import RampConfig
 from services.trainer.jobs.configs import (
     ColdStartJobConfig,
+    DistillJobConfig,
     EvalJobConfig,
     RLJobConfig,
     SimulatorSFTJobConfig,
 )
 from services.trainer.jobs.context import JobContext, numeric
-from services.trainer.learn.distill import DistillConfig
 from services.trainer.learn.sft import SFTConfig
 
 
@@ -161,13 +164,26 @@ def run_coldstart_job(ctx: JobContext) -> dict[str, Any]:
 
     config = ctx.config
     assert isinstance(config, ColdStartJobConfig)
+    keys = ctx.settings.service_keys()
     update: dict[str, Any] = {"retriever_url": _retriever_url(ctx, config.retriever_url),
-                              "api_key": ctx.settings.service_keys().of("retriever")}  # at run time, never stored
+                              "api_key": keys.of("retriever")}  # at run time, never stored
     if config.out_dir is None:
         update["out_dir"] = str(ctx.dir / "coldstart")
-    report = build_coldstart(ColdStartConfig.model_validate({**config.model_dump(exclude={"api_key"}), **update}))
+    fields = config.model_dump(exclude={"api_key", "llm_api_key", "judge_api_key"})
+    if config.method == "agents":
+        llm = {**fields["agents"]["llm"], "base_url": config.agents.llm.base_url or ctx.settings.llm_url}
+        fields["agents"] = {**fields["agents"], "llm": llm,
+                            "judge_url": config.agents.judge_url or ctx.settings.judge_url}
+        llm_key = ctx.settings.llm_api_key
+        update |= {"llm_api_key": llm_key.get_secret_value() if llm_key else None, "judge_api_key": keys.of("judge")}
+    report = build_coldstart(ColdStartConfig.model_validate({**fields, **update}))
+    for name in ("coldstart.jsonl", "report.md", "attempts.jsonl"):
+        if (ctx.dir / "coldstart" / name).is_file() and config.out_dir is None:
+            ctx.add_artifact(f"coldstart/{name}")
     ctx.write_result(report)
-    return {"records": float(report["records"]), "keep_rate": float(report["keep_rate"])}
+    return {"records": float(report["records"]), "keep_rate": float(report["keep_rate"]),
+            **{k: float(report[k]) for k in ("attempts", "accepted", "accept_rate", "trajectories_per_hour")},
+            **{f"rejected_{k}": float(v) for k, v in report["rejects"].items()}}
 
 
 def run_eval_job(ctx: JobContext) -> dict[str, Any]:
@@ -251,7 +267,11 @@ def run_distill_job(ctx: JobContext) -> dict[str, Any]:
     from services.trainer.rollout.queue import EpisodeQueue
 
     config = ctx.config
-    assert isinstance(config, DistillConfig)
+    assert isinstance(config, DistillJobConfig)
+    if config.rounds > 1:
+        from services.trainer.jobs.distill_rounds import run_distill_rounds
+
+        return run_distill_rounds(ctx, config)
 
     def on_progress(done: int, total: int, metrics: dict[str, float]) -> None:
         ctx.report(done, metrics, progress=done / total)

@@ -5,8 +5,11 @@ the rollout workers, and the trajectories whose answer is judged correct become 
                  "n": 100, "keep": "judge"}
     then:       {"kind": "sft", "config": {"data": [<result.json "records">]}}
 
+One round of MaskSearch's self-distillation; a ``distill`` job with ``rounds: K > 1`` runs K of them, each
+followed by an SFT and an eval, each checkpoint the next teacher (:mod:`services.trainer.jobs.distill_rounds`).
+
 1. **Prompts** (:func:`services.trainer.learn.rl.load_prompts`, as RL reads them): questions of a QA set's
-   ``train`` part (never ``eval``) or RAMP samples; the first ``n``.
+   ``train`` part (never ``eval``) or RAMP samples; ``n`` of them from the ``first``-th (0: the first ``n``).
 2. **Episodes**: ``n x samples_per_prompt`` ``agent`` episodes on the episode queue, each with
    ``policy=<teacher>`` (the workers load the teacher next to their other policies; the published policy is
    left alone), sampled at ``temperature``, with the episode settings of RL
@@ -39,6 +42,7 @@ from services.trainer.learn.prompts import EpisodeSpec, Prompt, PromptSource, lo
 from services.trainer.learn.trajectories import Decode, segments, tokenizer_decoder
 from services.trainer.rollout.queue import EpisodeQueue
 from shared.confine import ModelRef
+from shared.metrics import keep_threshold
 from shared.protocol import get_template, last_action
 from shared.schemas import EpisodeRequest, EpisodeResult, PolicyRef
 
@@ -86,9 +90,7 @@ class DistillConfig(BaseModel):
 
     @property
     def threshold(self) -> float:
-        if self.min_score is not None:
-            return self.min_score
-        return 0.5 if self.keep == "judge" else 1.0
+        return keep_threshold(self.min_score, llm_judge=self.keep == "judge")
 
 
 # --------------------------------------------------------------------------- episodes
@@ -172,12 +174,13 @@ def _source_name(prompts: PromptSource) -> str:
 
 def distill(config: DistillConfig, queue: EpisodeQueue, job_id: str, out_dir: Path,
             on_progress: Callable[[int, int, dict[str, float]], None] | None = None,
-            should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-    """Run the teacher's episodes, keep the correct trajectories, write ``distill.jsonl``; returns the report."""
+            should_stop: Callable[[], bool] = lambda: False, first: int = 0) -> dict[str, Any]:
+    """Run the teacher's episodes on ``config.n`` prompts from the ``first``-th on, keep the correct
+    trajectories, write ``distill.jsonl``; returns the report."""
     from shared.models import resolve
 
     started = time.monotonic()
-    prompts = load_prompts(config.prompts)[:config.n]
+    prompts = load_prompts(config.prompts)[first:first + config.n]
     if not prompts:
         raise ValueError("no prompts to distill")
     teacher = str(resolve(config.teacher))
@@ -230,7 +233,8 @@ def distill(config: DistillConfig, queue: EpisodeQueue, job_id: str, out_dir: Pa
     report: dict[str, Any] = {
         "records": str(path), "episodes": n, "kept": len(records),
         "keep_rate": round(len(records) / n, 4) if n else 0.0, **{k: v for k, v in counts.items() if k != "episodes"},
-        "prompts": len(prompts), "teacher": config.teacher, "keep": config.keep, "min_score": config.threshold,
+        "prompts": len(prompts), "first_prompt": first, "teacher": config.teacher, "keep": config.keep,
+        "min_score": config.threshold,
         "seconds": round(time.monotonic() - started, 2),
         "files": {"records": str(path), "episodes": str(out_dir / "episodes.jsonl")},
     }

@@ -39,11 +39,10 @@ from shared.confine import InputFile, ModelRef, SafeName
 log = logging.getLogger(__name__)
 
 
-class SFTConfig(BaseModel):
-    """A ``sft`` job."""
+class SFTSpec(BaseModel):
+    """How an SFT run trains (everything but its data, start model and output): a ``sft`` job's settings, and
+    each round's SFT of a ``distill`` job with ``rounds > 1``."""
 
-    data: list[InputFile] = Field(min_length=1, max_length=256)  # JSONL files of SFT records (see module docstring)
-    model: ModelRef = "smollm2"  # embedded name or a checkpoint folder to start from
     epochs: float = Field(default=1.0, gt=0.0)  # passes over the data (fractional: a prefix of the last)
     max_steps: int | None = Field(default=None, ge=1, le=1_000_000)  # optimizer steps cap (None: from epochs)
     micro_batch_size: int = Field(default=4, ge=1, le=256)  # sequences per forward/backward
@@ -56,13 +55,20 @@ class SFTConfig(BaseModel):
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # bf16 autocast for forward/backward (fp32 weights)
     device: Device = "auto"  # model, optimizer state and batches: CUDA when a GPU is visible (auto), else CPU
     seed: int = 0
-    checkpoint_name: SafeName = "checkpoint"  # folder under the job dir
 
     @field_validator("device")
     @classmethod
     def _device_exists(cls, v: Device) -> Device:
         resolve_device(v)  # "cuda" on a machine without a GPU is refused at submission
         return v
+
+
+class SFTConfig(SFTSpec):
+    """A ``sft`` job: :class:`SFTSpec` on ``data``, starting from ``model``."""
+
+    data: list[InputFile] = Field(min_length=1, max_length=256)  # JSONL files of SFT records (see module docstring)
+    model: ModelRef = "smollm2"  # embedded name or a checkpoint folder to start from
+    checkpoint_name: SafeName = "checkpoint"  # folder under the job dir
 
 
 # --------------------------------------------------------------------------- records

@@ -3,7 +3,6 @@ a CPU SFT run of the embedded SmolLM2, and the saved folder served by the simula
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,21 +28,11 @@ K, WORDS = 3, 12
 
 
 @pytest.fixture(scope="module")
-def judge_service(openai_server: Proc, smollm2_path: Path, logs_dir: Path) -> Iterator[Proc]:
-    """The judge; cover_em is a rule method, the LLM behind it is only named, not loaded."""
-    env = {"JUDGE_LLM__BACKEND": "openai", "JUDGE_LLM__BASE_URL": openai_server.url,
-           "JUDGE_LLM__MODEL": str(smollm2_path), "JUDGE_REDIS_URL": ""}
-    proc = start_service("judge", env, log_dir=logs_dir)
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def examples(small_retriever: Proc, judge_service: Proc) -> list[SimExample]:
+def examples(small_retriever: Proc, judge_server: Proc) -> list[SimExample]:
     # train-part questions whose supporting passages the small corpus holds (the first 30 of the file)
     train_ids = {r["id"] for r in load_split("hotpotqa", "train")}
     rows = [r for r in load_split("hotpotqa", "all", limit=30) if r["id"] in train_ids][:6]
-    labeller = JudgeLabeller(JudgeClient(judge_service.url))
+    labeller = JudgeLabeller(JudgeClient(judge_server.url))
     return build_examples(rows, RetrieverClient(small_retriever.url), labeller, k=K, words=WORDS, sets_per_query=2)
 
 

@@ -20,14 +20,21 @@ WorkerFactory = Callable[..., Proc]
 
 
 @pytest.fixture()
+def trainer_env() -> dict[str, str]:
+    """More ``TRAINER_*`` settings for ``job_client``'s trainer (a test module overrides this fixture, e.g. to
+    give it a judge)."""
+    return {}
+
+
+@pytest.fixture()
 def job_client(private_redis: Proc, small_retriever: Proc, logs_dir: Path, tmp_path: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerClient]:
+               tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, str]) -> Iterator[TrainerClient]:
     """A client of a real trainer (its own Redis, the shared retriever, jobs under ``tmp_path``; the tests' temp
     folders are where its users keep data)."""
     key = "job-test-key"
     env = {"TRAINER_API_KEY": key, "TRAINER_REDIS_URL": private_redis.url, "TRAINER_OUTPUT_DIR": str(tmp_path),
            "TRAINER_READ_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())]),
-           "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1"}
+           "TRAINER_RETRIEVER_URL": small_retriever.url, "TRAINER_TORCH_THREADS": "1", **trainer_env}
     proc = start_service("trainer", env, log_dir=logs_dir)
     yield TrainerClient(proc.url, key, timeout_s=30)
     proc.stop()

@@ -38,3 +38,14 @@ def test_bad_simulator_sft_config_names_the_field(config: dict[str, Any], field:
     with pytest.raises(ValidationError) as err:
         SimulatorSFTJobConfig.model_validate(config)
     assert field in str(err.value)
+
+
+def test_distill_rounds_settings_need_rounds_and_survive_the_stored_round_trip() -> None:
+    from services.trainer.jobs.configs import DistillJobConfig
+
+    stored = DistillJobConfig().model_dump(mode="json")  # what the job record holds: every default
+    assert DistillJobConfig.model_validate(stored).rounds == 1  # re-validated when the job runs
+    with pytest.raises(ValidationError, match="set rounds > 1"):
+        DistillJobConfig(sft={"max_steps": 3})
+    rounds = DistillJobConfig(rounds=2, sft={"max_steps": 3}, eval={"n": 4})
+    assert DistillJobConfig.model_validate(rounds.model_dump(mode="json")).sft.max_steps == 3
