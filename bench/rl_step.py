@@ -65,7 +65,8 @@ def demo_config(steps: int, max_staleness: int, model: str = "smollm2") -> RLCon
     })
 
 
-def run(label: str, redis_url: str, retriever_url: str, args: argparse.Namespace, work: Path) -> list[float]:
+def run(label: str, redis_url: str, retriever_url: str, args: argparse.Namespace,
+        work: Path) -> tuple[list[float], list[dict[str, float]]]:
     env, staleness = RUNS[label]
     q = EpisodeQueue(redis_url)
     workers = []
@@ -81,9 +82,15 @@ def run(label: str, redis_url: str, retriever_url: str, args: argparse.Namespace
                 raise RuntimeError(f"workers did not start:\n{workers[0].log_tail()}")
             time.sleep(0.2)
         marks = [time.monotonic()]
-        train_rl(demo_config(args.steps, staleness, args.model), f"bench-{label}", work / label, Rollouts(redis_url, f"bench-{label}"),
-                 on_step=lambda step, total, metrics: marks.append(time.monotonic()))
-        return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+        rows: list[dict[str, float]] = []
+
+        def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
+            marks.append(time.monotonic())
+            rows.append(metrics)
+
+        train_rl(demo_config(args.steps, staleness, args.model), f"bench-{label}", work / label,
+                 Rollouts(redis_url, f"bench-{label}"), on_step=on_step)
+        return [b - a for a, b in zip(marks, marks[1:], strict=False)], rows
     finally:
         q.close()
         for w in workers:
@@ -106,20 +113,24 @@ def main() -> int:
     redis = start_redis(log_dir=work / "logs")
     procs: list[Proc] = [redis]
     times: dict[str, list[float]] = {}
+    parts_of: dict[str, list[dict[str, float]]] = {}
     try:
         retriever = start_service("retriever", {"RETRIEVER_INDEX_DIR": str(index)}, log_dir=work / "logs")
         procs.append(retriever)
         for label in args.runs.split(","):
-            times[label] = run(label, redis.url, retriever.url, args, work)
+            times[label], parts_of[label] = run(label, redis.url, retriever.url, args, work)
     finally:
         for proc in reversed(procs):
             proc.stop()
-    print("| run | max_staleness | step seconds (each) | step s (mean after the first) |\n|---|---:|---|---:|")
+    print("| run | max_staleness | step seconds (each) | step s (mean after the first) | waiting for episodes s "
+          "| update + publish s | policy tokens a step |\n|---|---:|---|---:|---:|---:|---:|")
     mean = {}
     for label, secs in times.items():
-        later = secs[1:] or secs
+        later, rows = secs[1:] or secs, parts_of[label][1:] or parts_of[label]
         mean[label] = sum(later) / len(later)
-        print(f"| {label} | {RUNS[label][1]} | {', '.join(f'{s:.1f}' for s in secs)} | {mean[label]:.1f} |")
+        part = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in ("rollout_s", "update_s", "trained_tokens")}
+        print(f"| {label} | {RUNS[label][1]} | {', '.join(f'{s:.1f}' for s in secs)} | {mean[label]:.1f} "
+              f"| {part['rollout_s']:.1f} | {part['update_s']:.1f} | {part['trained_tokens']:.0f} |")
     base = mean.get("per_turn")
     best = min((v for k, v in mean.items() if k != "per_turn"), default=None)
     parts = [f"step_s_{k}={v:.1f}" for k, v in mean.items()]
