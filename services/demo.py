@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -63,6 +63,7 @@ class DemoSizes:
     obs_max_tokens: int = 384  # each <information> block (3 passages are ~360 tokens)
     train_layers: int = 10  # SFT and RL train the top 10 of SmolLM2's 30 blocks (about half the step cost)
     sft_max_length: int = 1024  # longer cold-start records are dropped (at 768, 2 of 3 QA trajectories were)
+    max_staleness: int = 0  # RL: 1 generates step k+1 with v_k while v_k+1 is trained (one step off-policy)
 
 
 QUICK = DemoSizes(ramp_samples=200, coldstart_ramp=40, coldstart_qa=200, sft_steps=16, rl_steps=2, rl_batch=2,
@@ -109,7 +110,8 @@ class Demo:
             "prompts": {"kind": "qa", "dataset": "hotpotqa"},
             "episode": {**episode, "sampling": {"max_new_tokens": s.max_new_tokens, "temperature": 1.0},
                         "reward": {"kind": "hybrid", "metric": "f1", "format_weight": 0.2}},
-            "algo": {"name": "grpo"}, "optim": {"lr": 5e-6}, "micro_batch_size": 2, "train_layers": s.train_layers})
+            "algo": {"name": "grpo"}, "optim": {"lr": 5e-6}, "micro_batch_size": 2, "train_layers": s.train_layers,
+            "max_staleness": s.max_staleness})
         datasets = eval_data or ["hotpotqa"]
         evaluation = self.run_job("eval", "eval", {
             "datasets": datasets, "n": s.eval_n, "model": self.model,
@@ -218,9 +220,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate on this QA JSONL (shared schema) instead of the HotpotQA eval part")
     parser.add_argument("--out", type=Path, help="report folder (default <cache>/demo/<stamp>)")
     parser.add_argument("--keep-up", action="store_true", help="leave the cluster running afterwards")
+    parser.add_argument("--max-staleness", type=int, choices=[0, 1], default=0,
+                        help="RL: 1 pipelines the steps (step k+1 generated while step k trains); default 0")
     args = parser.parse_args(argv)
+    sizes = replace(QUICK if args.quick else DEFAULT, max_staleness=args.max_staleness)
     with trainer_client(keep_up=args.keep_up) as client:
-        report = run_demo(args.quick, args.eval_data or None, args.out, client=client)
+        report = run_demo(args.quick, args.eval_data or None, args.out, client=client, sizes=sizes)
     out = Path(report["curves"]["rl"]).parent
     sys.stdout.write((out / "report.md").read_text() + "\n")
     sys.stdout.write(bench_line(report) + "\n")
