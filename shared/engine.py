@@ -169,10 +169,7 @@ class ContinuousEngine:
             logp = torch.log_softmax(logits, dim=-1)
             short = [row for row, s in enumerate(active) if s.content < s.sampling.min_content_tokens]  # type: ignore[union-attr]
             if short:  # these rows may not end or open a tag yet (log-probs stay the model's own)
-                held, blank = self.backend._min_content_rule()
-                logits = logits.clone()
-                logits[torch.tensor(short, dtype=torch.long, device=self.device).unsqueeze(-1), held.unsqueeze(0)] = \
-                    float("-inf")
+                logits, blank = self.backend.hold_back(logits, short)
             finished = []
             for row, seq in enumerate(active):
                 self.held[seq.slot] = seq.tokens[:seq.fed + 1]

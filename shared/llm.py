@@ -156,6 +156,17 @@ class LocalBackend(_Tokenization):
             self._content_rule = torch.tensor(sorted(held), dtype=torch.long, device=self.model.device), blank
         return self._content_rule
 
+    def hold_back(self, logits: Any, rows: list[int]) -> tuple[Any, set[int]]:
+        """A copy of ``logits`` (rows, vocab) with the ids :meth:`_min_content_rule` holds back at -inf in
+        ``rows`` (log-probs are taken before, so they stay the model's own), and the blank ids."""
+        import torch
+
+        held, blank = self._min_content_rule()
+        logits = logits.clone()
+        logits[torch.tensor(rows, dtype=torch.long, device=logits.device).unsqueeze(-1), held.unsqueeze(0)] = \
+            float("-inf")
+        return logits, blank
+
     # -- generation ---------------------------------------------------------------------
     def chat(self, conversations: Sequence[Messages], sampling: SamplingParams) -> list[str]:
         prompts = [self.apply_chat_template(m) for m in conversations]
@@ -247,10 +258,7 @@ class LocalBackend(_Tokenization):
                 logp = torch.log_softmax(logits, dim=-1)
                 short = [row for row, i in enumerate(alive) if content[i] < sampling.min_content_tokens]
                 if short:  # these rows may not end or open a tag yet
-                    held, blank = self._min_content_rule()
-                    rows_short = torch.tensor(short, dtype=torch.long, device=device)
-                    logits = logits.clone()
-                    logits[rows_short.unsqueeze(-1), held.unsqueeze(0)] = float("-inf")
+                    logits, blank = self.hold_back(logits, short)
                 next_tok = self._choose(logits, sampling, generator)  # (rows,)
                 keep: list[int] = []
                 for row, i in enumerate(alive):
