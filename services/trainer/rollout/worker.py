@@ -177,12 +177,11 @@ class Worker:
         heartbeat.start()
         log.info("%s ready: batch %d, visibility %.0fs", self.name, self.settings.batch_size,
                  self.settings.visibility_timeout_s)
-        limit = self.settings.max_episodes
         backoff = Backoff()
-        while not self.stopping.is_set() and (limit is None or self._more_wanted(limit)):
+        while not self.stopping.is_set() and ((room := self._room()) is None or room > 0):
             count = min(self.settings.batch_size, self.lane.free())
-            if limit is not None:
-                count = min(count, limit - self.completed - self.lane.capacity + self.lane.free())
+            if room is not None:
+                count = min(count, room)
             if count <= 0:  # the remote lane is full (or has the last episodes): wait for a slot
                 self.lane.wait_free(self.settings.block_ms / 1000)
                 continue
@@ -244,9 +243,11 @@ class Worker:
                             backoff.next_s)
                 backoff.wait(threading.Event())
 
-    def _more_wanted(self, limit: int) -> bool:
-        """Whether to claim more under ``max_episodes`` (the lane's in-flight episodes count as done)."""
-        return self.completed + self.lane.capacity - self.lane.free() < limit
+    def _room(self) -> int | None:
+        """Episodes still to take under ``max_episodes`` (the lane's in-flight ones count as done); None: no limit."""
+        if self.settings.max_episodes is None:
+            return None
+        return self.settings.max_episodes - self.completed - (self.lane.capacity - self.lane.free())
 
     def _count(self) -> None:
         with self._count_lock:
@@ -337,9 +338,8 @@ class Worker:
         """New episodes for a continuous run's free rows: a non-blocking read of the queue. Those of this
         policy join the run (and the heartbeat's in-flight list); others are held for the next loop, and
         the run stops refilling then, as it does when stopping, past ``refill_limit`` or ``max_episodes``."""
-        if self.settings.max_episodes is not None:  # completed + in the lane + unfinished here stay under it
-            free = min(free, self.settings.max_episodes - self.completed - (self.lane.capacity - self.lane.free())
-                       - (len(group) - len(written)))
+        if (room := self._room()) is not None:  # completed + in the lane + unfinished here stay under it
+            free = min(free, room - (len(group) - len(written)))
         free = min(free, self.settings.refill_limit - len(group))
         if self.stopping.is_set() or self._held or free <= 0:
             return []

@@ -116,6 +116,20 @@ def test_a_continuous_worker_refills_free_rows_and_writes_each_result_as_it_ends
     assert any("ran 6 episode(s)" in line for line in w.log_tail().splitlines()), w.log_tail()
 
 
+def test_max_episodes_ends_the_worker_after_that_many_even_while_refilling(
+        private_redis: Proc, start_worker: Callable[..., Proc], waiter: Callable[..., None]) -> None:
+    """``WORKER_MAX_EPISODES=3`` with batch 2 and five episodes waiting: the refill takes no more than the room
+    left, so exactly three results are written, the worker exits 0 and two episodes stay on the queue."""
+    q = EpisodeQueue(private_redis.url)
+    w = start_worker(private_redis.url, "m", batch_size=2, max_episodes=3)
+    waiter(lambda: "m" in q.workers(), 240, "worker m to start", [w])
+    q.enqueue([direct("max", i, max_new_tokens=4) for i in range(5)])
+    assert w.popen.wait(240) == 0, w.log_tail()
+    assert len(q.all_results("max")) == 3
+    stats = q.stats()
+    assert stats["pending"] == 0 and stats["waiting"] == 2
+
+
 def test_retriever_outage_becomes_failed_search_observations(
         private_redis: Proc, start_worker: Callable[..., Proc], waiter: Callable[..., None],
         small_index: Path, logs_dir: Path, smollm2_path: Path) -> None:
