@@ -21,7 +21,6 @@ best new run vs ``per_turn``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,11 +28,12 @@ import time
 from pathlib import Path
 
 import torch
+from rollout import small_corpus  # bench/rollout.py: this folder is on sys.path when run as a script
 
 from services.trainer.learn.rl import RLConfig, Rollouts, train_rl
 from services.trainer.rollout.queue import EpisodeQueue
-from shared.config import cache_dir, corpus_path
-from shared.data import load_split, open_text
+from shared.config import cache_dir
+from shared.data import load_split
 from shared.processes import Proc, spawn, start_redis, start_service
 
 RUNS = {  # label -> (worker env, max_staleness)
@@ -41,15 +41,6 @@ RUNS = {  # label -> (worker env, max_staleness)
     "continuous": ({"WORKER_ROLLOUT": "continuous", "WORKER_LLM__ENGINE": "continuous"}, 0),
     "pipelined": ({"WORKER_ROLLOUT": "continuous", "WORKER_LLM__ENGINE": "continuous"}, 1),
 }
-
-
-def small_corpus(out: Path, first: int = 2000) -> Path:
-    wanted = {pid for r in load_split("hotpotqa", "train", 200) for pid in r.get("supporting_passage_ids", [])}
-    with open_text(corpus_path()) as src, open(out, "w") as dst:
-        for i, line in enumerate(src):
-            if i < first or json.loads(line)["id"] in wanted:
-                dst.write(line)
-    return out
 
 
 def demo_config(steps: int, max_staleness: int, model: str = "smollm2") -> RLConfig:
@@ -109,7 +100,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-rl-step-"))
     from services.retriever.index import ensure_index
 
-    index = ensure_index(small_corpus(work / "corpus.jsonl"), cache_dir() / "indexes" / "bench-rl-step")
+    index = ensure_index(small_corpus(load_split("hotpotqa", "train", 200), work / "corpus.jsonl"), cache_dir() / "indexes" / "bench-rl-step")
     redis = start_redis(log_dir=work / "logs")
     procs: list[Proc] = [redis]
     times: dict[str, list[float]] = {}
