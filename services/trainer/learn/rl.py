@@ -51,6 +51,7 @@ from services.trainer.learn.algos import (
 )
 from services.trainer.learn.policy import (
     OptimSpec,
+    TrainDtype,
     autocast,
     device_of,
     load_policy,
@@ -85,7 +86,7 @@ class RLConfig(BaseModel):
     optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=5e-6))
     micro_batch_size: int = Field(default=4, ge=1, le=256)  # episodes per forward/backward
     train_layers: int | None = Field(default=None, ge=1, le=1024)  # train only the top N blocks (None: every weight)
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # bf16 autocast for forward/backward (fp32 weights)
+    dtype: TrainDtype = "auto"  # bf16 autocast for forward/backward where native (fp32 weights)
     device: Device = "auto"  # the policy, its reference and optimizer state: CUDA when visible (auto), else CPU
     episode: EpisodeSpec = Field(default_factory=EpisodeSpec)
     curriculum: CurriculumSpec = Field(default_factory=CurriculumSpec)

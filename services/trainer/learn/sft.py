@@ -20,7 +20,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -28,6 +28,7 @@ from services.trainer.learn.policy import (
     LoopSpec,
     OptimSpec,
     Tokenized,
+    TrainDtype,
     load_policy,
     save_checkpoint,
     steps_for,
@@ -52,7 +53,7 @@ class SFTSpec(BaseModel):
     drop_longer: bool = True  # drop longer records (True) or truncate them (False: loses their final answer)
     limit: int | None = Field(default=None, ge=1, le=10_000_000)  # use only the first N records of all files
     optim: OptimSpec = Field(default_factory=OptimSpec)
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # bf16 autocast for forward/backward (fp32 weights)
+    dtype: TrainDtype = "auto"  # bf16 autocast for forward/backward where native (fp32 weights)
     device: Device = "auto"  # model, optimizer state and batches: CUDA when a GPU is visible (auto), else CPU
     seed: int = 0
 

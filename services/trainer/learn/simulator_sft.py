@@ -6,7 +6,7 @@
    URL, by the same metric in-process (:mod:`shared.metrics`). An example is (the simulator prompt
    of that label for the question, the documents as the simulator should write them).
 2. **SFT** (:func:`sft`): causal-LM loss on the document tokens only (the prompt is masked out),
-   AdamW with warm-up and linear decay, bf16 autocast on CPU: the same loop as the agent's SFT
+   AdamW with warm-up and linear decay, bf16 autocast where the CPU has it natively: the same loop as the agent's SFT
    (:func:`services.trainer.learn.policy.train_supervised`). The result is a model folder
    (weights + tokenizer) that the service loads with ``SIMULATOR_LLM__MODEL=<folder>``.
 
@@ -163,7 +163,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm
     max_len: int = 768  # prompt + target tokens; longer targets are cut at the end
-    bf16: bool = True  # bf16 autocast on CPU (about 2x faster than fp32 on AMX/AVX-512 machines)
+    bf16: bool = True  # bf16 autocast where the CPU computes it natively (AMX / AVX512-BF16; elsewhere it is emulated, ~20x slower)
     seed: int = 0
     template: str = "zerosearch"  # prompt template family the service will use
     words: int = 30  # words per document named in the prompt
@@ -208,7 +208,7 @@ def sft(records: Sequence[SimExample], base_model: str | Path, out_dir: str | Pa
     model, tokenizer = load_policy(str(base_model))
     data = [_tokenize(r, tokenizer, config) for r in records]
     total = steps_for(len(data), config.epochs, config.batch_size)
-    spec = LoopSpec(steps=total, micro_batch_size=config.batch_size, dtype="bfloat16" if config.bf16 else "float32",
+    spec = LoopSpec(steps=total, micro_batch_size=config.batch_size, dtype="auto" if config.bf16 else "float32",
                     lr_floor=0.0, seed=config.seed)
     optim = OptimSpec(lr=config.lr, weight_decay=config.weight_decay, max_grad_norm=config.grad_clip,
                       warmup_steps=max(1, int(config.warmup_ratio * total)))

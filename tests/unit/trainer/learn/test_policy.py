@@ -114,3 +114,19 @@ def test_train_layers_freezes_everything_below_the_top_blocks() -> None:
         top = name.startswith("model.layers.2.") or name == "model.norm.weight"
         assert p.requires_grad == top, name
         assert (p.grad is not None and bool(p.grad.abs().sum() > 0)) == top, name
+
+
+def test_auto_dtype_autocasts_to_bf16_only_where_the_cpu_computes_it_natively() -> None:
+    # on a CPU without AVX512-BF16 / AMX, bf16 autocast is emulated: forward + backward of SmolLM2 ran 20x slower
+    from services.trainer.learn.policy import autocast
+    from shared.config import cpu_has_bf16
+
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    with autocast("auto", "cpu"):
+        auto = (a @ b).dtype
+    with autocast("bfloat16", "cpu"):
+        forced = (a @ b).dtype
+    with autocast("float32", "cpu"):
+        plain = (a @ b).dtype
+    assert auto == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    assert (forced, plain) == (torch.bfloat16, torch.float32)
