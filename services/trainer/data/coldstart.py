@@ -16,8 +16,9 @@ knowledge it did not retrieve.
 - **QA** (``qa_records``): questions with known supporting passages (HotpotQA, 2Wiki, MuSiQue),
   from the ``train`` part of the fixed split only (``shared.data.load_split``), never ``eval``.
   First query: the question; then the title of each supporting passage not yet retrieved. Kept
-  only when a gold answer occurs in the observations (yes/no questions are skipped: their answer
-  is never in a document).
+  only when a gold answer occurs in the observations. A yes/no question's answer is never in a
+  document: with ``yes_no`` it is kept when every supporting passage was retrieved (the facts the
+  comparison needs were read), and its thought names the passages compared; without, it is skipped.
 
 Output: :class:`~services.trainer.data.records.SFTRecord` JSONL (policy / observation segments).
 """
@@ -74,6 +75,7 @@ class ColdStartConfig(BaseModel):
     exclude_source: bool = False  # RAMP: drop the masked passage itself from the results
     context_words: int = Field(default=8, ge=2, le=256)  # RAMP query: words on each side of the mask
     max_qa_searches: int = Field(default=3, ge=1, le=16)  # QA: the question + up to N-1 title searches
+    yes_no: bool = False  # QA: keep yes/no questions whose supporting passages were all retrieved
     batch_size: int = Field(default=32, ge=1, le=1024)  # queries per /retrieve call
     out_dir: OutputDir | None = None  # default <cache>/coldstart/<name>
     name: SafeName = "default"
@@ -217,6 +219,14 @@ def _found_answer(observations: str, golds: Sequence[str]) -> str | None:
     return next((g for g in golds if contains(observations, g)), None)
 
 
+def _yes_no_answer(row: dict[str, Any], steps: list[tuple[str, list[Hit]]]) -> str | None:
+    """The yes/no gold of ``row`` when every one of its supporting passages is among what was retrieved."""
+    answer = next((g for g in gold_answers(row) if normalize_answer(g) in _YES_NO), None)
+    wanted = {str(x) for x in row.get("supporting_passage_ids", [])}
+    seen = {h.document.id for _, hs in steps for h in hs}
+    return normalize_answer(answer) if answer is not None and wanted and wanted <= seen else None
+
+
 def qa_trajectory(row: dict[str, Any], steps: list[tuple[str, list[Hit]]], answer: str) -> SFTRecord:
     template = get_template("search_r1")
     segments: list[Segment] = []
@@ -226,12 +236,16 @@ def qa_trajectory(row: dict[str, Any], steps: list[tuple[str, list[Hit]]], answe
         segments.append(Segment("observation", template.format_observation(_hit_dicts(hits))))
         if i + 1 < len(steps):
             thought = f"<think> I still need to know more about {steps[i + 1][0]}. </think>\n"
-    doc = next((j for j, h in enumerate(steps[-1][1]) if contains(h.document.contents, answer)), None)
-    where = next((h for _, hs in steps for h in hs if contains(h.document.contents, answer)), None)
-    evidence = (snippet(_hit_text(where), answer) if where is not None else "") or answer
-    source = f"Doc {doc + 1}" if doc is not None else "An earlier result"
-    segments.append(Segment("policy", f"<think> {source} says \"{evidence}\", so the answer is {answer}. "
-                                      f"</think>\n<answer> {answer} </answer>"))
+    if normalize_answer(answer) in _YES_NO:  # nothing to quote: name what was compared
+        titles = [t for _, t in _supporting(row)] or ["the results"]
+        thought = f"<think> Comparing what the results say about {' and '.join(titles)}, the answer is {answer}. "
+    else:
+        doc = next((j for j, h in enumerate(steps[-1][1]) if contains(h.document.contents, answer)), None)
+        where = next((h for _, hs in steps for h in hs if contains(h.document.contents, answer)), None)
+        evidence = (snippet(_hit_text(where), answer) if where is not None else "") or answer
+        source = f"Doc {doc + 1}" if doc is not None else "An earlier result"
+        thought = f"<think> {source} says \"{evidence}\", so the answer is {answer}. "
+    segments.append(Segment("policy", f"{thought}</think>\n<answer> {answer} </answer>"))
     return SFTRecord(id=f"{row['source']}:{row['id']}", messages=template.build_messages(str(row["question"])),
                      segments=segments, ground_truth=gold_answers(row), source=str(row["source"]),
                      meta={"qid": row["id"], "queries": [q for q, _ in steps],
@@ -270,6 +284,8 @@ def qa_records(dataset: str, searcher: _Searcher, config: ColdStartConfig) -> tu
             observations = "".join(get_template("search_r1").format_observation(_hit_dicts(hs))
                                    for _, hs in row_steps)
             answer = _found_answer(observations, golds)
+            if answer is None and config.yes_no:
+                answer = _yes_no_answer(row, row_steps)
             if answer is None:
                 continue
             stats[f"{dataset}_kept"] += 1
