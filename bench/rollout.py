@@ -1,6 +1,7 @@
 """Rollout throughput: continuous batching with KV reuse vs per-turn batches vs one episode at a time.
 
     python bench/rollout.py [--n 8] [--batch 8] [--max-new-tokens 32] [--max-turns 2] [--noop 100] [--policy DIR]
+                            [--threads 1]
 
 Starts a real Redis, a retriever over a small corpus (the first 2,000 passages plus the supporting
 passages of the questions) and rollout workers as subprocesses (``python -m services.trainer.rollout.worker``).
@@ -12,6 +13,9 @@ The same N agent episodes (HotpotQA questions, greedy) run three times, each thr
 
 ``--policy DIR`` runs every episode with that model folder (e.g. the demo's SFT checkpoint, a policy that
 searches: the base model mostly answers at once, so its rows run in lockstep and there is little to overlap).
+``--threads`` is each worker's torch thread count, the same for all three (default 1, as in the local
+cluster, where two workers share two cores; 2 is one worker with the machine to itself: a one-row decode
+step is bound by reading the weights, a batched one by arithmetic, so only the batched worker gains).
 The clock runs from enqueue to the last result (model loading excluded). Then the queue's own
 overhead: no-op episodes sent one at a time, enqueue -> result. Ends with one line:
 
@@ -86,7 +90,9 @@ def main() -> int:
     p.add_argument("--max-turns", type=int, default=2)
     p.add_argument("--noop", type=int, default=100, help="no-op episodes for the queue overhead")
     p.add_argument("--policy", default="", help="model folder every episode runs with (default: the worker's model)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each worker (all three runs alike)")
     args = p.parse_args()
+    threads = {var: str(args.threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
     rows = load_split("hotpotqa", "eval", args.n)
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
@@ -102,7 +108,7 @@ def main() -> int:
         timings: dict[str, tuple[float, list[EpisodeResult]]] = {}
         for label, (batched, extra) in RUNS.items():
             worker = start_worker(redis.url, f"bench-{label}", args.batch if batched else 1, retriever.url, logs,
-                                  extra)
+                                  {**extra, **threads})
             procs.append(worker)
             wait_registered(q, f"bench-{label}", worker)
             timings[label] = run_job(q, f"bench-{label}", rows, args)
@@ -139,7 +145,7 @@ def main() -> int:
           f"per_turn_vs_sequential={eps_turn / eps_seq:.2f} continuous_vs_per_turn={eps / eps_turn:.2f} "
           f"tokens_per_s={rates['continuous'][1]:.1f} tokens_per_s_per_turn={rates['per_turn'][1]:.1f} "
           f"tokens_per_s_sequential={rates['sequential'][1]:.1f} queue_overhead_ms={overhead_ms:.1f} "
-          f"batch={args.batch} n={args.n} policy={'base' if not args.policy else Path(args.policy).parent.name}")
+          f"batch={args.batch} n={args.n} threads={args.threads} policy={'base' if not args.policy else Path(args.policy).parent.name}")
     return 0
 
 
