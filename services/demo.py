@@ -56,7 +56,7 @@ class DemoSizes:
     rl_steps: int  # GRPO steps
     rl_batch: int  # questions per step
     rl_group: int  # samples per question
-    eval_n: int  # questions per eval dataset
+    eval_n: int  # questions per eval dataset (0: all of each)
     max_turns: int = 2  # search turns per episode (training and eval alike; cold-start trajectories match)
     max_new_tokens: int = 96  # per turn (a cold-start final turn quotes its evidence: up to ~80 tokens)
     max_total_tokens: int = 1024  # response budget of an episode
@@ -64,12 +64,24 @@ class DemoSizes:
     train_layers: int = 10  # SFT and RL train the top 10 of SmolLM2's 30 blocks (about half the step cost)
     sft_max_length: int = 1024  # longer cold-start records are dropped (at 768, 2 of 3 QA trajectories were)
     max_staleness: int = 0  # RL: 1 generates step k+1 with v_k while v_k+1 is trained (one step off-policy)
+    qa: tuple[str, ...] = ("hotpotqa",)  # QA sets whose train part gives cold-start trajectories
+    yes_no: bool = False  # cold start: keep yes/no questions whose compared passages were both retrieved
+    sft_lr: float = 1e-4
+    eval_datasets: tuple[str, ...] = ("hotpotqa",)  # evaluated when no --eval-data is given
 
 
 QUICK = DemoSizes(ramp_samples=200, coldstart_ramp=40, coldstart_qa=200, sft_steps=16, rl_steps=2, rl_batch=2,
                   rl_group=4, eval_n=30)
 DEFAULT = DemoSizes(ramp_samples=1000, coldstart_ramp=100, coldstart_qa=600, sft_steps=48, rl_steps=5, rl_batch=4,
                     rl_group=4, eval_n=200)
+# ``--recipe best``: about an hour of jobs on 2 cores (docs/experiments.md, "The best recipe", has what it
+# measured against the default): every multi-hop train part (HotpotQA, 2Wiki, MuSiQue) with its yes/no
+# questions, more RAMP trajectories, about one pass of SFT over them (~590 trajectories, 64 x 8), a short GRPO
+# run; evaluated on the whole eval part of HotpotQA, 2Wiki and MuSiQue (eval_n 0 = all of each).
+BEST = DemoSizes(ramp_samples=1000, coldstart_ramp=150, coldstart_qa=1000, sft_steps=64, rl_steps=3, rl_batch=4,
+                 rl_group=4, eval_n=0, qa=("hotpotqa", "2wikimultihopqa", "musique"), yes_no=True,
+                 eval_datasets=("hotpotqa", "2wikimultihopqa", "musique"))
+RECIPES = {"default": DEFAULT, "quick": QUICK, "best": BEST}
 
 
 # --------------------------------------------------------------------------- stages
@@ -98,12 +110,12 @@ class Demo:
         ramp = self.run_job("ramp", "ramp", {"samples": s.ramp_samples, "selector": "heuristic", "name": "demo",
                                              "parquet": False})
         cold = self.run_job("coldstart", "coldstart", {
-            "ramp_path": ramp["files"]["jsonl"], "ramp_limit": s.coldstart_ramp, "qa": ["hotpotqa"],
-            "qa_limit": s.coldstart_qa, "topk": 3, "max_qa_searches": s.max_turns})
+            "ramp_path": ramp["files"]["jsonl"], "ramp_limit": s.coldstart_ramp, "qa": list(s.qa),
+            "qa_limit": s.coldstart_qa, "topk": 3, "max_qa_searches": s.max_turns, "yes_no": s.yes_no})
         sft = self.run_job("sft", "sft", {
             "data": [cold["files"]["records"]], "model": self.model, "max_steps": s.sft_steps,
             "micro_batch_size": 2, "grad_accum": 4, "max_length": s.sft_max_length, "train_layers": s.train_layers,
-            "optim": {"lr": 1e-4, "warmup_steps": 2}})
+            "optim": {"lr": s.sft_lr, "warmup_steps": 2}})
         episode = self.episode()
         rl = self.run_job("rl", "rl", {
             "model": sft["checkpoint"], "steps": s.rl_steps, "batch_size": s.rl_batch, "group_size": s.rl_group,
@@ -112,9 +124,9 @@ class Demo:
                         "reward": {"kind": "hybrid", "metric": "f1", "format_weight": 0.2}},
             "algo": {"name": "grpo"}, "optim": {"lr": 5e-6}, "micro_batch_size": 2, "train_layers": s.train_layers,
             "max_staleness": s.max_staleness})
-        datasets = eval_data or ["hotpotqa"]
+        datasets = eval_data or list(s.eval_datasets)
         evaluation = self.run_job("eval", "eval", {
-            "datasets": datasets, "n": s.eval_n, "model": self.model,
+            "datasets": datasets, "n": s.eval_n or None, "model": self.model,
             "methods": ["direct", "rag", "agent", f"policy:{rl['checkpoint']}"],
             "eval": {**episode, "max_new_tokens": s.max_new_tokens, "temperature": 0.0}})
         return self.report(datasets, sft, rl, evaluation)
@@ -165,6 +177,15 @@ def markdown(report: dict[str, Any]) -> str:
             m = methods[name]
             scores = " | ".join(f"{100 * m.get(k, 0.0):.1f}" for k in ("answered", *TABLE_SCORES))
             lines.append(f"| {name} | {m['n']} | {scores} | {m['turns']:.2f} | {m['searches']:.2f} |")
+    if len(report["datasets"]) > 1:  # the targets are per dataset: one row per dataset and method
+        lines += ["", "Per dataset:", "", "| dataset | method | n | answered | cover-EM | acc | EM | F1 | recall |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for dataset in report["datasets"]:
+            for name in METHODS:
+                d = methods.get(name, {}).get("datasets", {}).get(dataset)
+                if d is not None:
+                    scores = " | ".join(f"{100 * d.get(k, 0.0):.1f}" for k in ("answered", *TABLE_SCORES))
+                    lines.append(f"| {dataset} | {name} | {int(d.get('n', 0))} | {scores} |")
     lines += ["", "`policy` = SFT + GRPO checkpoint; `rag` = retrieve once with the question; `agent` = the prompted "
               "search agent; `direct` = no search. Same base model, retriever and turn budget for all.", "",
               "## Training", "",
@@ -179,8 +200,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def bench_line(report: dict[str, Any]) -> str:
     methods = report["methods"]
-    parts = [f"{name}_{key}={methods.get(name, {}).get(key, 0.0):.4f}"
-             for key in ("cover_em", "acc", "answered") for name in METHODS]  # cover_em keys first, as before
+    parts = [f"{name}_{key}={methods.get(name, {}).get(key, 0.0):.4f}"  # cover_em keys first, as before
+             for key in ("cover_em", "acc", "em", "f1", "answered") for name in METHODS]
     n = max((m["n"] for m in methods.values()), default=0)
     return "BENCH e2e " + " ".join(parts) + f" n={n}"
 
@@ -215,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     """``searchlab demo``: bring the cluster up (or reuse it), run the demo, print the table and BENCH line."""
     parser = argparse.ArgumentParser(prog="searchlab demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes (about 10 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (about 10 minutes on 2 cores); "
+                        "the same as --recipe quick")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                        help="sizes and data: default (about 30 minutes), quick (about 10), best (the recipe that "
+                             "learned most: about an hour of jobs, then the whole HotpotQA, 2Wiki and MuSiQue eval parts)")
     parser.add_argument("--eval-data", action="append", default=[], metavar="PATH.jsonl",
                         help="evaluate on this QA JSONL (shared schema) instead of the HotpotQA eval part")
     parser.add_argument("--out", type=Path, help="report folder (default <cache>/demo/<stamp>)")
@@ -223,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-staleness", type=int, choices=[0, 1], default=0,
                         help="RL: 1 pipelines the steps (step k+1 generated while step k trains); default 0")
     args = parser.parse_args(argv)
-    sizes = replace(QUICK if args.quick else DEFAULT, max_staleness=args.max_staleness)
+    if args.quick and args.recipe not in ("default", "quick"):
+        parser.error("--quick is --recipe quick; give one of them")
+    sizes = replace(RECIPES["quick" if args.quick else args.recipe], max_staleness=args.max_staleness)
     with trainer_client(keep_up=args.keep_up) as client:
         report = run_demo(args.quick, args.eval_data or None, args.out, client=client, sizes=sizes)
     out = Path(report["curves"]["rl"]).parent
