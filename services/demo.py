@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (about 10 minutes on 2 cores); "
                         "the same as --recipe quick")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
-                        help="sizes and data: default (about 30 minutes), quick (about 10), best (the recipe that "
-                             "learned most: about an hour of jobs, then the whole HotpotQA, 2Wiki and MuSiQue eval parts)")
+                        help="sizes and data: default (about 30 minutes), quick (about 10), best (the recipe being tuned: "
+                             "about 45 minutes of jobs, then the whole HotpotQA, 2Wiki and MuSiQue eval parts)")
     parser.add_argument("--eval-data", action="append", default=[], metavar="PATH.jsonl",
                         help="evaluate on this QA JSONL (shared schema) instead of the HotpotQA eval part")
     parser.add_argument("--out", type=Path, help="report folder (default <cache>/demo/<stamp>)")
