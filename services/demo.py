@@ -66,7 +66,6 @@ class DemoSizes:
     max_staleness: int = 0  # RL: 1 generates step k+1 with v_k while v_k+1 is trained (one step off-policy)
     qa: tuple[str, ...] = ("hotpotqa",)  # QA sets whose train part gives cold-start trajectories
     yes_no: bool = False  # cold start: keep yes/no questions whose compared passages were both retrieved
-    sft_lr: float = 1e-4
     eval_datasets: tuple[str, ...] = ("hotpotqa",)  # evaluated when no --eval-data is given
 
 
@@ -115,7 +114,7 @@ class Demo:
         sft = self.run_job("sft", "sft", {
             "data": [cold["files"]["records"]], "model": self.model, "max_steps": s.sft_steps,
             "micro_batch_size": 2, "grad_accum": 4, "max_length": s.sft_max_length, "train_layers": s.train_layers,
-            "optim": {"lr": s.sft_lr, "warmup_steps": 2}})
+            "optim": {"lr": 1e-4, "warmup_steps": 2}})
         episode = self.episode()
         rl = self.run_job("rl", "rl", {
             "model": sft["checkpoint"], "steps": s.rl_steps, "batch_size": s.rl_batch, "group_size": s.rl_group,
@@ -160,6 +159,11 @@ class Demo:
         return report
 
 
+def _cells(scores: dict[str, Any]) -> str:
+    """``answered`` and the table's scores of one row, in %."""
+    return " | ".join(f"{100 * scores.get(k, 0.0):.1f}" for k in ("answered", *TABLE_SCORES))
+
+
 def markdown(report: dict[str, Any]) -> str:
     methods = report["methods"]
     n = max((m["n"] for m in methods.values()), default=0)
@@ -175,8 +179,7 @@ def markdown(report: dict[str, Any]) -> str:
     for name in METHODS:
         if name in methods:
             m = methods[name]
-            scores = " | ".join(f"{100 * m.get(k, 0.0):.1f}" for k in ("answered", *TABLE_SCORES))
-            lines.append(f"| {name} | {m['n']} | {scores} | {m['turns']:.2f} | {m['searches']:.2f} |")
+            lines.append(f"| {name} | {m['n']} | {_cells(m)} | {m['turns']:.2f} | {m['searches']:.2f} |")
     if len(report["datasets"]) > 1:  # the targets are per dataset: one row per dataset and method
         lines += ["", "Per dataset:", "", "| dataset | method | n | answered | cover-EM | acc | EM | F1 | recall |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -184,8 +187,7 @@ def markdown(report: dict[str, Any]) -> str:
             for name in METHODS:
                 d = methods.get(name, {}).get("datasets", {}).get(dataset)
                 if d is not None:
-                    scores = " | ".join(f"{100 * d.get(k, 0.0):.1f}" for k in ("answered", *TABLE_SCORES))
-                    lines.append(f"| {dataset} | {name} | {int(d.get('n', 0))} | {scores} |")
+                    lines.append(f"| {dataset} | {name} | {int(d.get('n', 0))} | {_cells(d)} |")
     lines += ["", "`policy` = SFT + GRPO checkpoint; `rag` = retrieve once with the question; `agent` = the prompted "
               "search agent; `direct` = no search. Same base model, retriever and turn budget for all.", "",
               "## Training", "",
