@@ -73,9 +73,9 @@ QUICK = DemoSizes(ramp_samples=200, coldstart_ramp=40, coldstart_qa=200, sft_ste
                   rl_group=4, eval_n=30)
 DEFAULT = DemoSizes(ramp_samples=1000, coldstart_ramp=100, coldstart_qa=600, sft_steps=48, rl_steps=5, rl_batch=4,
                     rl_group=4, eval_n=200)
-# ``--recipe best``: about an hour of jobs on 2 cores (docs/experiments.md, "The best recipe", has what it
-# measured against the default): every multi-hop train part (HotpotQA, 2Wiki, MuSiQue) with its yes/no
-# questions, more RAMP trajectories, about one pass of SFT over them (~590 trajectories, 64 x 8), a short GRPO
+# ``--recipe best``: about 45 minutes of jobs on 2 cores (the README's "The best recipe" has its first
+# measurement): every multi-hop train part (HotpotQA, 2Wiki, MuSiQue) with its yes/no questions, more RAMP
+# trajectories, 64 SFT steps x 8 sequences (593 trajectories built, 353 within sft_max_length), a short GRPO
 # run; evaluated on the whole eval part of HotpotQA, 2Wiki and MuSiQue (eval_n 0 = all of each).
 BEST = DemoSizes(ramp_samples=1000, coldstart_ramp=150, coldstart_qa=1000, sft_steps=64, rl_steps=3, rl_batch=4,
                  rl_group=4, eval_n=0, qa=("hotpotqa", "2wikimultihopqa", "musique"), yes_no=True,
